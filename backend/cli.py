@@ -1,0 +1,70 @@
+"""Command line: ``python -m backend COMMAND ...``. Errors end as one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .devices import DEVICE_CHOICES
+from .errors import BackendError
+from .progress import stderr_progress
+
+
+def _reconstruct(args: argparse.Namespace) -> None:
+    import torch
+
+    from .mesh import export_mesh
+    from .reconstruction import ReconstructionPipeline
+    from .views import load_view_folder
+
+    torch.manual_seed(args.seed)
+    views = load_view_folder(args.views_dir)
+    pipeline = ReconstructionPipeline.from_checkpoint(args.checkpoint, args.device, args.norm_statistics)
+    mesh = pipeline(views, args.resolution, stderr_progress)
+    export_mesh(mesh, args.output)
+    print(f"wrote {args.output} ({len(mesh.vertices)} vertices, {len(mesh.faces)} faces)", file=sys.stderr)
+
+
+def _convert_checkpoint(args: argparse.Namespace) -> None:
+    from .checkpoints import convert_official
+
+    out = convert_official(args.checkpoint, args.out_dir)
+    print(f"wrote {out}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m backend", description="Image to 3D backend (One-2-3-45).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    rec = commands.add_parser("reconstruct", help="posed One-2-3-45 view folder -> coloured mesh",
+                              description="Reconstruct a coloured mesh from a One-2-3-45 folder (pose.json, stage1_8/, stage2_8/).")
+    rec.add_argument("views_dir", type=Path, metavar="VIEWS_DIR")
+    rec.add_argument("-o", "--output", type=Path, required=True, help="mesh file: .glb, .ply (z-up world frame) or .obj")
+    rec.add_argument("--checkpoint", type=Path, default=None, help="checkpoint folder or official .pth (default: bundled)")
+    rec.add_argument("--resolution", type=int, default=256, help="marching-cubes grid size per axis (default 256)")
+    rec.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} or cuda:N (default auto)")
+    rec.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    rec.add_argument("--norm-statistics", choices=("batch", "running"), default="batch",
+                     help="BatchNorm statistics: 'batch' as the reference does at inference (default) or stored 'running'")
+    rec.set_defaults(run=_reconstruct)
+
+    conv = commands.add_parser("convert-checkpoint", help="official One-2-3-45 .pth -> our safetensors folder",
+                               description="Convert an official One-2-3-45 reconstruction checkpoint (loaded with weights_only=True).")
+    conv.add_argument("checkpoint", type=Path, metavar="IN.pth")
+    conv.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    conv.set_defaults(run=_convert_checkpoint)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (BackendError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,65 @@
+"""The coloured triangle mesh the backend returns, and its export to GLB, PLY and OBJ.
+
+Axes: PLY keeps the reconstruction world frame (z up), as One-2-3-45 writes ``mesh.ply``.
+GLB and OBJ are y-up by convention (glTF mandates +Y up), so they are rotated by
+(x, y, z) -> (x, z, -y): a proper rotation, not the reference's mirror, so Blender's
+importers (which undo exactly this rotation) bring the object back z-up and un-mirrored.
+Files are written atomically: a temporary file in the same folder, then a rename.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+EXPORT_FORMATS = (".glb", ".ply", ".obj")
+Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+
+
+@dataclass
+class ColoredMesh:
+    """Vertices (V, 3) float32 in the z-up world frame, faces (F, 3) int64, colours (V, 3) uint8."""
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    colors: np.ndarray
+
+    def to_trimesh(self, y_up: bool = False):
+        import trimesh
+
+        vertices = self.vertices @ Z_UP_TO_Y_UP.T if y_up else self.vertices
+        rgba = np.concatenate([self.colors, np.full((len(self.colors), 1), 255, np.uint8)], axis=1)
+        return trimesh.Trimesh(vertices, self.faces, vertex_colors=rgba, process=False)
+
+
+def export_mesh(mesh: ColoredMesh, path: str | os.PathLike) -> Path:
+    """Write GLB, PLY or OBJ (chosen by suffix) with vertex colours, atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in EXPORT_FORMATS:
+        raise InputError(f"cannot write {path.name}: the output must end in {', '.join(EXPORT_FORMATS)}")
+    if len(mesh.faces) == 0:
+        raise InputError("the reconstruction produced no surface (the SDF never crosses zero): check the views and the checkpoint")
+    if not path.parent.exists():
+        raise InputError(f"output folder {path.parent} does not exist: create it first")
+    tm = mesh.to_trimesh(y_up=suffix != ".ply")
+    options = {"include_color": True} if suffix == ".obj" else {}
+    data = tm.export(file_type=suffix[1:], **options)
+    if isinstance(data, str):
+        data = data.encode()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

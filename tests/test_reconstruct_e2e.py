@@ -1,0 +1,114 @@
+"""End to end: a real mesh rendered at the One-2-3-45 rig -> ``reconstruct`` -> a coloured mesh file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from backend.checkpoints import save_checkpoint
+from backend.extraction import marching_cubes, sdf_grid
+from backend.frame import ReconstructionFrame
+from backend.mesh import Z_UP_TO_Y_UP, ColoredMesh, export_mesh
+from backend.models import One2345Reconstructor
+from backend.reconstruction import ReconstructionPipeline
+from backend.render.mesh_views import render_rig_folder
+from backend.views import load_view_folder
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def suzanne_views(shared_meshes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return render_rig_folder(shared_meshes / "suzanne.obj", tmp_path_factory.mktemp("suzanne") / "views", polar=70.0, up_axis="y")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = One2345Reconstructor()
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "random", model, step=0, provenance={"test": "random init"})
+
+
+def _frame(views_dir: Path) -> ReconstructionFrame:
+    v = load_view_folder(views_dir)
+    return ReconstructionFrame.from_cameras(v.reference_c2w, v.source_c2ws, v.intrinsics, v.near_far, v.image_size)
+
+
+@pytest.fixture(scope="module")
+def reconstructed(suzanne_views: Path, checkpoint: Path) -> ColoredMesh:
+    pipeline = ReconstructionPipeline.from_checkpoint(checkpoint, "cpu")
+    return pipeline(load_view_folder(suzanne_views), 48)
+
+
+def _check_mesh_file(path: Path, views_dir: Path) -> None:
+    loaded = trimesh.load(path, force="mesh", process=False)
+    assert len(loaded.faces) > 100
+    colors = np.asarray(loaded.visual.vertex_colors)[:, :3]
+    assert colors.shape == (len(loaded.vertices), 3)
+    assert len(np.unique(colors, axis=0)) > 10  # colours come from the views, not one constant
+    vertices = np.asarray(loaded.vertices)
+    if path.suffix != ".ply":  # GLB/OBJ are y-up: rotate back to the z-up world frame
+        vertices = vertices @ Z_UP_TO_Y_UP
+    normalised = _frame(views_dir).to_normalised(vertices)
+    assert np.abs(normalised).max() <= 1.0 + 1e-4  # inside the reconstruction cube
+    assert np.linalg.norm(vertices.mean(axis=0)) < 0.5  # around the object at the world origin
+    assert not list(path.parent.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_reconstruct_cli_writes_coloured_glb(suzanne_views: Path, checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mesh.glb"
+    result = subprocess.run(
+        [sys.executable, "-m", "backend", "reconstruct", str(suzanne_views), "-o", str(out),
+         "--checkpoint", str(checkpoint), "--resolution", "48", "--device", "cpu"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {out}" in result.stderr
+    _check_mesh_file(out, suzanne_views)
+
+
+@pytest.mark.parametrize("suffix", [".ply", ".obj"])
+def test_export_formats_keep_colours_and_frame(reconstructed: ColoredMesh, suzanne_views: Path, tmp_path: Path, suffix: str) -> None:
+    path = export_mesh(reconstructed, tmp_path / f"mesh{suffix}")
+    _check_mesh_file(path, suzanne_views)
+    if suffix == ".ply":  # the PLY keeps the z-up world frame exactly
+        np.testing.assert_allclose(trimesh.load(path, process=False).vertices, reconstructed.vertices, atol=1e-6)
+
+
+def test_reconstruct_reports_bad_folder_in_one_line(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "backend", "reconstruct", str(tmp_path), "-o", str(tmp_path / "m.glb")],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "pose.json not found" in result.stderr
+    assert not (tmp_path / "m.glb").exists()
+
+
+def test_empty_space_skipping_gives_the_full_grid_mesh(suzanne_views: Path, checkpoint: Path) -> None:
+    pipeline = ReconstructionPipeline.from_checkpoint(checkpoint, "cpu")
+    _, volume = pipeline.encode(load_view_folder(suzanne_views))
+    fast = marching_cubes(sdf_grid(pipeline.model, volume, 96, skip_empty=True))
+    full = marching_cubes(sdf_grid(pipeline.model, volume, 96, skip_empty=False))
+    assert len(full[1]) > 100
+    np.testing.assert_array_equal(fast[1], full[1])
+    np.testing.assert_allclose(fast[0], full[0], atol=1e-6)
+
+
+def test_batch_statistics_switch_leaves_buffers_untouched(suzanne_views: Path, checkpoint: Path) -> None:
+    views = load_view_folder(suzanne_views)
+    pipeline = ReconstructionPipeline.from_checkpoint(checkpoint, "cpu")
+    before = {k: v.clone() for k, v in pipeline.model.state_dict().items()}
+    _, batch_volume = pipeline.encode(views)
+    pipeline.norm_statistics = "running"
+    _, running_volume = pipeline.encode(views)
+    for key, value in pipeline.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert not torch.allclose(batch_volume.latent, running_volume.latent)
+    pipeline.norm_statistics = "batch"
+    _, again = pipeline.encode(views)
+    torch.testing.assert_close(again.latent, batch_volume.latent)
