@@ -22,7 +22,7 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) bench/bench_reconstruct.py
+	$(PY) -m bench.bench_reconstruct
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

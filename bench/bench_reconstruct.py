@@ -1,6 +1,6 @@
 """Time each reconstruction stage (features, volume, sparse CNN, SDF grid, marching cubes, colours).
 
-Usage: python bench/bench_reconstruct.py [--views DIR] [--checkpoint PATH] [--device auto] [--resolutions 128 256]
+Usage: python -m bench.bench_reconstruct [--views DIR] [--checkpoint PATH] [--device auto] [--resolutions 128 256]
 Without --views it renders the bundled example's source mesh rig on the fly from ../shared/data.
 Prints a Markdown table for BENCHMARKS.md.
 """
