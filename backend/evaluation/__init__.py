@@ -1,0 +1,1 @@
+"""Evaluation of reconstructions against ground truth: geometry metrics, image metrics and a visual-hull baseline."""
