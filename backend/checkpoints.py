@@ -14,8 +14,6 @@ import datetime as _dt
 import json
 import os
 import pickle
-import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError
+from .files import atomic_write
 from .models import One2345Reconstructor, ReconstructorConfig
 
 OFFICIAL_MODULES = ("pyramid_feature_network", "sdf_network_lod0", "rendering_network_lod0", "variance_network_lod0")
@@ -140,36 +139,23 @@ def save_checkpoint(
     provenance: dict | None = None,
     metrics: dict | None = None,
 ) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` atomically (a temporary folder, then a rename)."""
-    from safetensors.torch import save_file
+    """Write ``model.safetensors`` then ``config.json``, each atomically; other files in the folder stay."""
+    from safetensors.torch import save
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_FILE))
-        meta = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "config": model.config.to_dict(),
-            "step": step,
-            "provenance": provenance or {},
-            "metrics": metrics or {},
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "step": step,
+        "provenance": provenance or {},
+        "metrics": metrics or {},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write(folder / WEIGHTS_FILE, save(state))
+    atomic_write(folder / CONFIG_FILE, json.dumps(meta, indent=2).encode())
     return folder
 
 

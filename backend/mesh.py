@@ -10,12 +10,12 @@ Files are written atomically: a temporary file in the same folder, then a rename
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_write
 from .errors import InputError
 
 EXPORT_FORMATS = (".glb", ".ply", ".obj")
@@ -53,13 +53,5 @@ def export_mesh(mesh: ColoredMesh, path: str | os.PathLike) -> Path:
     data = tm.export(file_type=suffix[1:], **options)
     if isinstance(data, str):
         data = data.encode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, data)
     return path
