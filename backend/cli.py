@@ -33,6 +33,36 @@ def _convert_checkpoint(args: argparse.Namespace) -> None:
     print(f"wrote {out}", file=sys.stderr)
 
 
+def _train(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from .devices import resolve_device
+    from .models import ReconstructorConfig
+    from .training.sources import MeshFolderSource, ProceduralSource
+    from .training.trainer import Trainer, TrainConfig
+
+    source = ProceduralSource() if args.data == "procedural" else MeshFolderSource(args.data, args.up_axis)
+    config = TrainConfig(steps=args.steps, seed=args.seed, rays=args.rays, checkpoint_every=args.checkpoint_every,
+                         model=ReconstructorConfig(volume_resolution=args.volume_resolution))
+    if args.short_schedule:
+        config = replace(config, anneal_steps=args.steps // 8, sparseness_ramp_steps=args.steps // 4, mask_start=args.steps // 4)
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch_backends_for_training()
+    trainer = Trainer(config, source, args.out, device, resume=args.resume)
+    print(f"training from step {trainer.step} to {config.steps} on {device}", file=sys.stderr)
+    trainer.train(stderr_progress, stop_after=args.time_limit, workers=args.workers)
+    print(f"checkpoint at step {trainer.step}: {args.out}", file=sys.stderr)
+
+
+def torch_backends_for_training() -> None:
+    """TF32 matmuls and convolutions: ample precision for training, much faster on recent GPUs."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend", description="Image to 3D backend (One-2-3-45).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -54,6 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("checkpoint", type=Path, metavar="IN.pth")
     conv.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     conv.set_defaults(run=_convert_checkpoint)
+    tr = commands.add_parser("train", help="train the reconstruction module (view generator frozen)",
+                             description="Train the reconstruction network end to end; resumable, checkpoints in our safetensors format.")
+    tr.add_argument("--data", default="procedural", help="'procedural' (default) or a folder of meshes (OBJ/PLY/GLB)")
+    tr.add_argument("--up-axis", choices=("z", "y"), default="z", help="up axis of the meshes in --data (default z)")
+    tr.add_argument("--out", type=Path, required=True, help="run folder; it is also a selectable checkpoint")
+    tr.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    tr.add_argument("--steps", type=int, default=20_000)
+    tr.add_argument("--rays", type=int, default=512, help="rays per step (default 512)")
+    tr.add_argument("--volume-resolution", type=int, default=96, help="feature volume size (96 = the released model)")
+    tr.add_argument("--checkpoint-every", type=int, default=500)
+    tr.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds")
+    tr.add_argument("--short-schedule", action="store_true", help="scale the anneal/ramp/mask warm-ups to --steps")
+    tr.add_argument("--workers", type=int, default=0, help="data-loader processes rendering samples (default 0 = in-process)")
+    tr.add_argument("--device", default="auto")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.set_defaults(run=_train)
     return parser
 
 

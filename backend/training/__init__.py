@@ -1,0 +1,1 @@
+"""Training the reconstruction module: data, losses and the resumable trainer (Zero123 stays frozen)."""
