@@ -166,12 +166,17 @@ class Trainer:
         record["inv_std"] = float(self.model.variance_network_lod0.inv_std().detach())
         return record
 
-    def train(self, progress: ProgressCallback = no_progress, stop_after: float | None = None, workers: int = 0) -> None:
-        """Run to ``config.steps`` (or until ``stop_after`` seconds), checkpointing on the way and at the end."""
+    def train(
+        self, progress: ProgressCallback = no_progress, stop_after: float | None = None, workers: int = 0, stop_at: int | None = None
+    ) -> None:
+        """Run to ``config.steps``, or stop early after ``stop_after`` seconds or at step ``stop_at``.
+
+        Checkpoints every ``checkpoint_every`` steps and whenever it stops, so ``resume`` continues exactly.
+        """
         start = time.time()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         loader = torch.utils.data.DataLoader(
-            StepSamples(self.source, self.config), batch_size=None, sampler=range(self.step, self.config.steps),
+            StepSamples(self.source, self.config), batch_size=None, sampler=range(self.step, min(stop_at or self.config.steps, self.config.steps)),
             num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False,
         )
         record: dict[str, float] = {}

@@ -1,0 +1,113 @@
+"""``evaluate``: render each mesh at the rig, reconstruct it, and score it against ground truth.
+
+For every mesh: the 40 rig views are rendered (the One-2-3-45 folder is kept), the checkpoint
+reconstructs from the 32 source views, and the result is compared with the ground-truth mesh
+(Chamfer, F-score at 0.05 and 0.1, volume IoU; lengths in units of the GT's longest side) next to
+a visual hull carved from the same 32 masks. Novel views (not in the rig) of ground truth and
+reconstruction give PSNR/SSIM, and a contact sheet shows input, ground truth, reconstruction
+and hull side by side.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import trimesh
+from PIL import Image
+
+from ..cameras import INTRINSICS, OPENGL_TO_OPENCV, look_at_c2w, rig_c2ws
+from ..files import atomic_write
+from ..reconstruction import ReconstructionPipeline
+from ..render.mesh_views import load_normalised_mesh, render_view
+from ..views import load_view_folder, write_view_folder
+from .metrics import chamfer_and_fscore, normalise_pair, psnr, sample_surface, ssim, visual_hull, volume_iou
+
+NOVEL_VIEWS = [(70.0, 0.0), (70.0, 90.0), (70.0, 180.0), (70.0, 270.0), (110.0, 45.0), (110.0, 225.0)]
+NOVEL_RADIUS = 1.6
+SURFACE_SAMPLES = 20_000
+HULL_RESOLUTION = 96
+
+
+@dataclass
+class MeshScores:
+    name: str
+    reconstruction: dict[str, float]
+    visual_hull: dict[str, float]
+
+
+def geometry_scores(pred: trimesh.Trimesh, gt: trimesh.Trimesh) -> dict[str, float]:
+    p, g, _ = normalise_pair(np.asarray(pred.vertices), np.asarray(gt.vertices))
+    scores = chamfer_and_fscore(sample_surface(p, pred.faces, SURFACE_SAMPLES), sample_surface(g, gt.faces, SURFACE_SAMPLES))
+    scores["volume_iou"] = volume_iou((p, pred.faces), (g, gt.faces), 64)
+    return {k: scores[k] for k in ("chamfer", "fscore@0.05", "fscore@0.1", "volume_iou")}
+
+
+def image_scores(pred: trimesh.Trimesh, gt: trimesh.Trimesh) -> tuple[dict[str, float], list[np.ndarray]]:
+    """Mean PSNR/SSIM over novel views, and the GT and predicted renders (RGB uint8) for the sheet."""
+    values, renders = {"psnr": [], "ssim": []}, []
+    for polar, azimuth in NOVEL_VIEWS:
+        c2w = look_at_c2w(polar, azimuth, NOVEL_RADIUS)
+        a, b = (render_view(m, c2w)[0][..., :3] for m in (gt, pred))
+        values["psnr"].append(psnr(a / 255.0, b / 255.0))
+        values["ssim"].append(ssim(a / 255.0, b / 255.0))
+        renders.append(np.concatenate([a, b]))
+    return {k: float(np.mean(v)) for k, v in values.items()}, renders
+
+
+def render_rig(mesh: trimesh.Trimesh, folder: Path, polar: float) -> tuple[np.ndarray, np.ndarray]:
+    """Write the One-2-3-45 folder; return the 32 source masks and their world -> pixel projections."""
+    poses = rig_c2ws(polar)
+    images, masks, projections = {}, [], []
+    for i, (name, c2w) in enumerate(poses.items()):
+        rgba, depth = render_view(mesh, c2w)
+        images[name] = Image.fromarray(rgba[..., :3])
+        if i >= 8:
+            masks.append(depth > 0)
+            projections.append(INTRINSICS @ np.linalg.inv(c2w @ OPENGL_TO_OPENCV)[:3])
+    write_view_folder(folder, polar, images)
+    return np.stack(masks), np.stack(projections)
+
+
+def evaluate_mesh(pipeline: ReconstructionPipeline, path: Path, out_dir: Path, up_axis: str, polar: float, resolution: int) -> MeshScores:
+    gt = load_normalised_mesh(path, up_axis)
+    work = out_dir / path.stem
+    masks, projections = render_rig(gt, work / "views", polar)
+    recon = pipeline(load_view_folder(work / "views"), resolution).to_trimesh()
+    recon.export(work / "reconstruction.ply")
+    hull_vertices, hull_faces = visual_hull(masks, projections, HULL_RESOLUTION, np.array([[-0.6] * 3, [0.6] * 3]))
+    hull = trimesh.Trimesh(hull_vertices, hull_faces, vertex_colors=np.full((len(hull_vertices), 4), 200, np.uint8), process=False)
+    rec_scores, renders = image_scores(recon, gt)
+    rec_scores.update(geometry_scores(recon, gt))
+    hull_scores = geometry_scores(hull, gt)
+    hull_renders = [render_view(hull, look_at_c2w(p, a, NOVEL_RADIUS))[0][..., :3] for p, a in NOVEL_VIEWS]
+    input_view = np.asarray(Image.open(work / "views" / "stage1_8" / "0.png").convert("RGB"))
+    first_column = np.concatenate([input_view, np.full_like(input_view, 255), np.full_like(input_view, 255)])
+    columns = [first_column] + [np.concatenate([r, h]) for r, h in zip(renders, hull_renders)]
+    sheet = Image.fromarray(np.concatenate(columns, axis=1))
+    sheet.save(work / "contact_sheet.png")
+    return MeshScores(path.stem, rec_scores, hull_scores)
+
+
+def markdown_table(results: list[MeshScores]) -> str:
+    lines = [
+        "| mesh | method | Chamfer ↓ | F@0.05 ↑ | F@0.1 ↑ | vol. IoU ↑ | PSNR ↑ | SSIM ↑ |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for label, s in (("reconstruction", r.reconstruction), ("visual hull (32 masks)", r.visual_hull)):
+            image = f"{s['psnr']:.2f} | {s['ssim']:.3f}" if "psnr" in s else "– | –"
+            lines.append(f"| {r.name} | {label} | {s['chamfer']:.4f} | {s['fscore@0.05']:.3f} | {s['fscore@0.1']:.3f} | "
+                         f"{s['volume_iou']:.3f} | {image} |")
+    return "\n".join(lines)
+
+
+def evaluate(pipeline: ReconstructionPipeline, meshes: list[Path], out_dir: Path, up_axis: str, polar: float, resolution: int) -> str:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = [evaluate_mesh(pipeline, m, out_dir, up_axis, polar, resolution) for m in meshes]
+    atomic_write(out_dir / "results.json", json.dumps([vars(r) for r in results], indent=2).encode())
+    table = markdown_table(results)
+    atomic_write(out_dir / "results.md", (table + "\n").encode())
+    return table
