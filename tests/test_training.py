@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from backend.checkpoints import load_reconstructor
 from backend.models import ReconstructorConfig
@@ -66,6 +67,8 @@ def test_resume_is_exact(tmp_path: Path) -> None:
         torch.testing.assert_close(b.state_dict()[key], value, msg=key)
     log = [json.loads(line) for line in (tmp_path / "straight" / LOG_FILE).read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["total"]) for r in log)
+    with Image.open(tmp_path / "straight" / "curves.png") as curves:  # the run's training-curve plot
+        assert curves.size == (840, 520) and len(set(curves.getdata())) > 10
 
 
 def test_mesh_folder_source(shared_meshes: Path, tmp_path: Path) -> None:

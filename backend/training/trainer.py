@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import load_reconstructor, save_checkpoint
+from ..evaluation.curves import plot_training_curves
 from ..files import atomic_write
 from ..models import One2345Reconstructor, ReconstructorConfig, VolumeField
 from ..models.neus_renderer import render_rays
@@ -30,6 +31,7 @@ from .sources import ObjectSource
 STATE_WEIGHTS = "training_state.safetensors"
 STATE_META = "training_state.json"
 LOG_FILE = "log.jsonl"
+CURVES_FILE = "curves.png"
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,8 @@ class Trainer:
         tensors, meta = _flatten_optimizer(self.optimizer.state_dict())
         atomic_write(self.out_dir / STATE_WEIGHTS, save(tensors))
         atomic_write(self.out_dir / STATE_META, json.dumps({"step": self.step, "optimizer": meta}).encode())
+        if (self.out_dir / LOG_FILE).is_file() and (self.out_dir / LOG_FILE).stat().st_size:
+            plot_training_curves(self.out_dir / LOG_FILE, self.out_dir / CURVES_FILE)
 
     def train_step(self, sample: TrainingSample) -> dict[str, float]:
         config = self.config
