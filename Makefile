@@ -15,6 +15,7 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 demo: setup
+	mkdir -p demo_output
 	$(PY) -m backend reconstruct examples/spot_views -o demo_output/spot.glb --resolution 256
 	@echo "demo mesh: demo_output/spot.glb"
 

@@ -14,10 +14,11 @@ from .progress import stderr_progress
 def _reconstruct(args: argparse.Namespace) -> None:
     import torch
 
-    from .mesh import export_mesh
+    from .mesh import check_output_path, export_mesh
     from .reconstruction import ReconstructionPipeline
     from .views import load_view_folder
 
+    check_output_path(args.output)
     torch.manual_seed(args.seed)
     views = load_view_folder(args.views_dir)
     pipeline = ReconstructionPipeline.from_checkpoint(args.checkpoint, args.device, args.norm_statistics)

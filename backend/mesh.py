@@ -38,16 +38,24 @@ class ColoredMesh:
         return trimesh.Trimesh(vertices, self.faces, vertex_colors=rgba, process=False)
 
 
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Fail before any work if the mesh could not be written there (format, folder, permission)."""
+    path = Path(path)
+    if path.suffix.lower() not in EXPORT_FORMATS:
+        raise InputError(f"cannot write {path.name}: the output must end in {', '.join(EXPORT_FORMATS)}")
+    if not path.parent.is_dir():
+        raise InputError(f"output folder {path.parent} does not exist: create it first")
+    if not os.access(path.parent, os.W_OK):
+        raise InputError(f"output folder {path.parent} is not writable: choose another -o path")
+    return path
+
+
 def export_mesh(mesh: ColoredMesh, path: str | os.PathLike) -> Path:
     """Write GLB, PLY or OBJ (chosen by suffix) with vertex colours, atomically."""
-    path = Path(path)
+    path = check_output_path(path)
     suffix = path.suffix.lower()
-    if suffix not in EXPORT_FORMATS:
-        raise InputError(f"cannot write {path.name}: the output must end in {', '.join(EXPORT_FORMATS)}")
     if len(mesh.faces) == 0:
         raise InputError("the reconstruction produced no surface (the SDF never crosses zero): check the views and the checkpoint")
-    if not path.parent.exists():
-        raise InputError(f"output folder {path.parent} does not exist: create it first")
     tm = mesh.to_trimesh(y_up=suffix != ".ply")
     options = {"include_color": True} if suffix == ".obj" else {}
     data = tm.export(file_type=suffix[1:], **options)

@@ -89,6 +89,13 @@ def test_reconstruct_reports_bad_folder_in_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "m.glb").exists()
 
 
+def test_bad_output_path_fails_before_any_work(suzanne_views: Path, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "backend", "reconstruct", str(suzanne_views), "-o", str(tmp_path / "no" / "m.glb")],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: output folder {tmp_path / 'no'} does not exist: create it first"
+
+
 def test_empty_space_skipping_gives_the_full_grid_mesh(suzanne_views: Path, checkpoint: Path) -> None:
     pipeline = ReconstructionPipeline.from_checkpoint(checkpoint, "cpu")
     _, volume = pipeline.encode(load_view_folder(suzanne_views))
