@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import trimesh
 
 from backend.checkpoints import DEFAULT_CHECKPOINT, load_reconstructor
 from backend.evaluation.evaluate import geometry_scores

@@ -1,0 +1,246 @@
+"""Frozen Zero123 / Zero123-XL view generator on diffusers + transformers, conditioned exactly as the reference.
+
+Conditioning (zero123_sparse.md A2, one2345.md 1.3): the cross-attention context is ONE token,
+cc_projection([CLIP image embedding, pose vector]); the concat latent is the VAE posterior mode of the input
+in [-1, 1], deliberately NOT multiplied by the scaling factor; the unconditional branch of classifier-free
+guidance zeroes both the concat latent and the projected token; DDIM with eta 1 by default.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import diffusers
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from safetensors import SafetensorError
+from transformers import CLIPVisionModelWithProjection
+
+from ..cameras import relative_pose_vector
+from ..errors import BackendError, CheckpointError, InputError
+from ..progress import ProgressCallback, no_progress
+from .ddim import NoiseSchedule, ddim_step, ddim_timesteps
+from .projection import CameraProjection, load_projection, projection_folder, save_projection
+
+HOW_TO_GET = ("download a Zero123-XL diffusers folder such as bennyguo/zero123-xl-diffusers on a machine with internet "
+              "and copy it here, or convert zero123-xl.ckpt with "
+              "`python -m backend convert-zero123 CKPT OUT_DIR --clip-folder DIR`")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
+                     "diffusion_pytorch_model.bin")
+TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError)
+STAGE = "zero123"
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Sampling as One-2-3-45 runs it: guidance 3, stochastic DDIM (eta 1), and its off-by-one step count.
+
+    ``reference_step_quirk`` reproduces the reference's timestep list (75 -> 76 steps, 50 -> 49); without it
+    ``steps`` standard DDIM steps are taken.
+    """
+
+    guidance_scale: float = 3.0
+    eta: float = 1.0
+    reference_step_quirk: bool = True
+    schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
+
+
+def clip_pixels(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The reference's CLIP input from a [-1, 1] batch: bicubic resize (align_corners, no antialias), [0, 1], CLIP mean/std.
+
+    Done in torch because HF's CLIPImageProcessor (shortest-side resize + centre crop) is not bit-identical.
+    """
+    x = F.interpolate(image, size=(size, size), mode="bicubic", align_corners=True, antialias=False)
+    mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return ((x + 1) / 2 - mean) / std
+
+
+def guidance_inputs(latents: torch.Tensor, cond_latent: torch.Tensor, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """UNet sample and context for one guided step: unconditional half first (zero concat latent AND zero token), as the reference."""
+    uncond = torch.cat([latents, torch.zeros_like(cond_latent)], dim=1)
+    cond = torch.cat([latents, cond_latent], dim=1)
+    return torch.cat([uncond, cond]), torch.cat([torch.zeros_like(token), token])
+
+
+def combine_guidance(eps: torch.Tensor, scale: float) -> torch.Tensor:
+    """eps_u + s (eps_c - eps_u) from the stacked [unconditional, conditional] prediction."""
+    eps_uncond, eps_cond = eps.chunk(2)
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+class Zero123Generator:
+    """Zero123 novel-view synthesis with frozen weights; implements ``ViewGenerator``."""
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        image_encoder: CLIPVisionModelWithProjection,
+        projection: CameraProjection,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        sampler: SamplerConfig = SamplerConfig(),
+    ) -> None:
+        _check_fit(unet, vae, image_encoder, projection)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.sampler = sampler
+        self.unet, self.vae, self.image_encoder, self.projection = unet, vae, image_encoder, projection
+        for module in (unet, vae, image_encoder, projection):
+            module.to(self.device).eval().requires_grad_(False)
+            if next(module.parameters()).dtype != dtype:  # diffusers warns on any dtype cast, so cast only when needed
+                module.to(dtype)
+        self.alphas_cumprod = sampler.schedule.alphas_cumprod().to(self.device)
+
+    @classmethod
+    def from_folder(
+        cls,
+        path: Path | str,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        sampler: SamplerConfig = SamplerConfig(),
+    ) -> Zero123Generator:
+        """Load a diffusers-format Zero123 folder from disk only (``local_files_only``; nothing is downloaded)."""
+        root = Path(path)
+        if not root.is_dir():
+            raise CheckpointError(f"the Zero123 folder {root} does not exist: {HOW_TO_GET}")
+        if not (root / "model_index.json").is_file():
+            raise CheckpointError(f"{root / 'model_index.json'} is missing, so {root} is not a diffusers Zero123 folder: {HOW_TO_GET}")
+        low_memory = importlib.util.find_spec("accelerate") is not None
+        unet = load_component(UNet2DConditionModel, root / "unet", DIFFUSERS_WEIGHTS, HOW_TO_GET, low_cpu_mem_usage=low_memory)
+        vae = load_component(AutoencoderKL, root / "vae", DIFFUSERS_WEIGHTS, HOW_TO_GET, low_cpu_mem_usage=low_memory)
+        image_encoder = load_component(CLIPVisionModelWithProjection, root / "image_encoder", TRANSFORMERS_WEIGHTS, HOW_TO_GET)
+        folder = projection_folder(root)
+        if folder is None:
+            raise CheckpointError(f"{root / 'cc_projection'} is missing (the camera projection): {HOW_TO_GET}")
+        return cls(unet, vae, image_encoder, load_projection(folder, HOW_TO_GET), device, dtype, sampler)
+
+    def save_folder(self, path: Path | str) -> None:
+        """Write the diffusers layout ``from_folder`` reads (kxic's model_index, so diffusers' community pipeline loads it too).
+
+        Written beside the destination and renamed into place, so a failure never leaves half a model folder.
+        """
+        path = Path(path)
+        ensure_new_folder(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            self.unet.save_pretrained(tmp / "unet")
+            self.vae.save_pretrained(tmp / "vae")
+            self.image_encoder.save_pretrained(tmp / "image_encoder")
+            save_projection(self.projection, tmp / "cc_projection")
+            schedule = self.sampler.schedule
+            DDIMScheduler(num_train_timesteps=schedule.train_steps, beta_start=schedule.beta_start, beta_end=schedule.beta_end,
+                          beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                          prediction_type="epsilon").save_pretrained(tmp / "scheduler")
+            index = {"_class_name": "Zero1to3StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+                     "cc_projection": ["pipeline_zero1to3", "CCProjection"], "feature_extractor": [None, None],
+                     "image_encoder": ["transformers", "CLIPVisionModelWithProjection"], "requires_safety_checker": False,
+                     "safety_checker": [None, None], "scheduler": ["diffusers", "DDIMScheduler"],
+                     "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+            (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+            if path.exists():
+                path.rmdir()
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @torch.no_grad()
+    def generate(
+        self,
+        image: torch.Tensor,
+        poses: list[tuple[float, float]],
+        steps: int,
+        seed: int | None = None,
+        progress: ProgressCallback = no_progress,
+    ) -> torch.Tensor:
+        """Views of ``image`` at (delta polar, delta azimuth) degrees, all poses in one batch; float32 on ``self.device``."""
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise InputError(f"the conditioning image must be a (3, H, W) tensor, not {tuple(image.shape)}")
+        if not poses:
+            raise InputError("no poses were given to generate views for")
+        timesteps = ddim_timesteps(steps, self.sampler.reference_step_quirk, self.sampler.schedule.train_steps)
+        generator = torch.Generator(self.device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        cond_latent, token = self.conditioning(image, poses)
+        latents = torch.randn(cond_latent.shape, generator=generator, device=self.device, dtype=torch.float32)
+        alphas = self.alphas_cumprod
+        # The last step lands on alphas_cumprod[0], as the reference's alphas_prev (set_alpha_to_one=False).
+        for i, (t, t_prev) in enumerate(zip(timesteps, timesteps[1:] + [0])):
+            sample, context = guidance_inputs(latents.to(self.dtype), cond_latent, token)
+            t_batch = torch.full((len(sample),), t, device=self.device, dtype=torch.long)
+            eps = self.unet(sample, t_batch, encoder_hidden_states=context).sample
+            eps = combine_guidance(eps.float(), self.sampler.guidance_scale)
+            latents = ddim_step(latents, eps, alphas[t], alphas[t_prev], self.sampler.eta, generator)
+            progress(STAGE, i + 1, len(timesteps))
+        decoded = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.dtype)).sample
+        return ((decoded.float() + 1) / 2).clamp(0, 1)
+
+    def conditioning(self, image: torch.Tensor, poses: list[tuple[float, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concat latent (unscaled posterior mode) and the projected context token, one row per pose."""
+        x = image.to(self.device, torch.float32).unsqueeze(0) * 2 - 1
+        pixels = clip_pixels(x, self.image_encoder.config.image_size).to(self.dtype)
+        embedding = self.image_encoder(pixel_values=pixels).image_embeds
+        pose = torch.tensor([relative_pose_vector(dp, da) for dp, da in poses], device=self.device, dtype=self.dtype)
+        token = self.projection(embedding.expand(len(poses), -1), pose).unsqueeze(1)
+        cond_latent = self.vae.encode(x.to(self.dtype)).latent_dist.mode()
+        return cond_latent.expand(len(poses), -1, -1, -1), token
+
+
+def ensure_new_folder(path: Path) -> None:
+    """Refuse to write a model over anything already there."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise BackendError(f"{path} already exists and is not empty: choose a new folder")
+
+
+def load_component(model_cls: type, folder: Path, weight_names: tuple[str, ...], how_to_get: str,
+                   **kwargs: object) -> torch.nn.Module:
+    """``from_pretrained`` on a local component folder; every weight must be present (no silently random layers)."""
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{folder / 'config.json'} is missing: {how_to_get}")
+    weights = next((folder / name for name in weight_names if (folder / name).is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{folder / weight_names[0]} is missing: {how_to_get}")
+    try:
+        model, info = model_cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True, **kwargs)
+    except LOAD_ERRORS as exc:
+        raise CheckpointError(f"{weights} cannot be loaded ({str(exc).strip().splitlines()[0][:200]}): it is truncated or does "
+                              f"not match {folder / 'config.json'}; {how_to_get}") from None
+    missing = sorted(info["missing_keys"])
+    if missing:
+        raise CheckpointError(f"{weights} lacks {len(missing)} weights of the network (e.g. {missing[0]}): {how_to_get}")
+    return model
+
+
+def _check_fit(unet: UNet2DConditionModel, vae: AutoencoderKL, image_encoder: CLIPVisionModelWithProjection,
+               projection: CameraProjection) -> None:
+    """The components must fit each other: 8 = 2 x 4 UNet input channels, projection sizes matching CLIP and the UNet."""
+    latent = vae.config.latent_channels
+    problems = []
+    if unet.config.in_channels != 2 * latent or unet.config.out_channels != latent:
+        problems.append(f"the UNet maps {unet.config.in_channels} -> {unet.config.out_channels} channels, "
+                        f"Zero123 needs {2 * latent} -> {latent}")
+    if projection.context_dim != unet.config.cross_attention_dim:
+        problems.append(f"the camera projection gives {projection.context_dim}-d tokens, the UNet attends to "
+                        f"{unet.config.cross_attention_dim}-d")
+    if projection.embedding_dim != image_encoder.config.projection_dim:
+        problems.append(f"the camera projection expects {projection.embedding_dim}-d image embeddings, the CLIP "
+                        f"encoder gives {image_encoder.config.projection_dim}-d")
+    if problems:
+        raise CheckpointError(f"the Zero123 components do not fit together ({'; '.join(problems)}): {HOW_TO_GET}")
