@@ -34,6 +34,38 @@ def _convert_checkpoint(args: argparse.Namespace) -> None:
     print(f"wrote {out}", file=sys.stderr)
 
 
+def _convert_zero123(args: argparse.Namespace) -> None:
+    from .generation.convert import convert_zero123_checkpoint
+
+    result = convert_zero123_checkpoint(args.checkpoint, args.out_dir, args.clip_folder)
+    weights = "EMA" if result.ema else "non-EMA (the checkpoint has no EMA copy)"
+    print(f"wrote {result.out_dir} ({weights} UNet weights)", file=sys.stderr)
+
+
+def _image2mesh(args: argparse.Namespace) -> None:
+    import torch
+
+    from .devices import resolve_device
+    from .generation.zero123 import Zero123Generator
+    from .image_to_mesh import STAGE1_STEPS, STAGE2_STEPS, ImageToMeshPipeline
+    from .mesh import check_output_path, export_mesh
+    from .reconstruction import ReconstructionPipeline
+
+    check_output_path(args.output)
+    if args.zero123 is None:
+        raise ValueError("no view generator: pass --zero123 DIR, a Zero123 / Zero123-XL diffusers folder "
+                         "(or convert zero123-xl.ckpt with `python -m backend convert-zero123`)")
+    device = resolve_device(args.device)
+    dtype = torch.float16 if device.type == "cuda" and args.half else torch.float32
+    generator = Zero123Generator.from_folder(args.zero123, device, dtype)
+    pipeline = ImageToMeshPipeline(generator, ReconstructionPipeline.from_checkpoint(args.checkpoint, str(device)))
+    stage1, stage2 = (args.steps, max(2, round(args.steps * 2 / 3))) if args.steps else (STAGE1_STEPS, STAGE2_STEPS)
+    result = pipeline(args.image, args.polar, stage1, stage2, args.seed, args.resolution, args.views_dir, stderr_progress)
+    export_mesh(result.mesh, args.output)
+    print(f"polar {result.polar:.1f} deg ({result.polar_source}); wrote {args.output} "
+          f"({len(result.mesh.vertices)} vertices, {len(result.mesh.faces)} faces)", file=sys.stderr)
+
+
 def _train(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
@@ -65,7 +97,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     if not meshes:
         raise ValueError(f"no meshes ({', '.join(MESH_SUFFIXES)}) in {args.meshes}")
     pipeline = ReconstructionPipeline.from_checkpoint(args.checkpoint, args.device)
-    print(evaluate(pipeline, meshes, args.out, args.up_axis, args.polar, args.resolution))
+    print(evaluate(pipeline, meshes, args.out, args.up_axis, args.polar, args.resolution, args.object_size))
 
 
 def torch_backends_for_training() -> None:
@@ -97,6 +129,33 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("checkpoint", type=Path, metavar="IN.pth")
     conv.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     conv.set_defaults(run=_convert_checkpoint)
+
+    z123 = commands.add_parser("convert-zero123", help="original zero123-xl.ckpt -> diffusers Zero123 folder",
+                               description="Convert an original Zero123 / Zero123-XL Lightning checkpoint (read with "
+                                           "weights_only=True; EMA UNet weights) into the diffusers folder the view generator loads.")
+    z123.add_argument("checkpoint", type=Path, metavar="CKPT")
+    z123.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    z123.add_argument("--clip-folder", type=Path, default=None, metavar="DIR",
+                      help="local transformers CLIPVisionModelWithProjection folder of OpenAI CLIP ViT-L/14, "
+                           "e.g. the image_encoder/ of lambdalabs/sd-image-variations-diffusers")
+    z123.set_defaults(run=_convert_zero123)
+
+    i2m = commands.add_parser("image2mesh", help="one image -> coloured mesh (Zero123 views + reconstruction)",
+                              description="One-2-3-45 end to end: cut out and recentre the object, generate 8 + 32 views with "
+                                          "the frozen Zero123, reconstruct and export.")
+    i2m.add_argument("image", type=Path, metavar="IMAGE")
+    i2m.add_argument("-o", "--output", type=Path, required=True, help="mesh file: .glb, .ply or .obj")
+    i2m.add_argument("--zero123", type=Path, default=None, metavar="DIR", help="Zero123 / Zero123-XL diffusers folder")
+    i2m.add_argument("--checkpoint", type=Path, default=None, help="reconstruction checkpoint (default: bundled)")
+    i2m.add_argument("--views-dir", type=Path, default=None, help="keep the One-2-3-45 view folder here")
+    i2m.add_argument("--polar", type=float, default=None, help="polar angle of the input view in degrees (default: estimated)")
+    i2m.add_argument("--steps", type=int, default=None,
+                     help="DDIM steps of stage 1 (stage 2 uses 2/3 of it); default 75/50 as the reference")
+    i2m.add_argument("--seed", type=int, default=0)
+    i2m.add_argument("--resolution", type=int, default=256)
+    i2m.add_argument("--device", default="auto")
+    i2m.add_argument("--half", action="store_true", help="fp16 view generation on CUDA")
+    i2m.set_defaults(run=_image2mesh)
     tr = commands.add_parser("train", help="train the reconstruction module (view generator frozen)",
                              description="Train the reconstruction network end to end; resumable, checkpoints in our safetensors format.")
     tr.add_argument("--data", default="procedural", help="'procedural' (default) or a folder of meshes (OBJ/PLY/GLB)")
@@ -121,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--meshes", type=Path, required=True, help="a mesh file or a folder of meshes")
     ev.add_argument("--out", type=Path, required=True, help="folder for views, meshes, contact sheets and results")
     ev.add_argument("--up-axis", choices=("z", "y"), default="z")
-    ev.add_argument("--polar", type=float, default=70.0, help="polar angle of the input view (default 70)")
+    ev.add_argument("--polar", type=float, default=60.0, help="polar angle of the input view (default 60)")
+    ev.add_argument("--object-size", type=float, default=0.7, help="longest side of each mesh in world units (default 0.7)")
     ev.add_argument("--resolution", type=int, default=256)
     ev.add_argument("--device", default="auto")
     ev.set_defaults(run=_evaluate)

@@ -71,8 +71,11 @@ def render_rig(mesh: trimesh.Trimesh, folder: Path, polar: float) -> tuple[np.nd
     return np.stack(masks), np.stack(projections)
 
 
-def evaluate_mesh(pipeline: ReconstructionPipeline, path: Path, out_dir: Path, up_axis: str, polar: float, resolution: int) -> MeshScores:
+def evaluate_mesh(
+    pipeline: ReconstructionPipeline, path: Path, out_dir: Path, up_axis: str, polar: float, resolution: int, object_size: float
+) -> MeshScores:
     gt = load_normalised_mesh(path, up_axis)
+    gt.apply_scale(object_size)  # normalised to a longest side of 1, then to the protocol's size
     work = out_dir / path.stem
     masks, projections = render_rig(gt, work / "views", polar)
     recon = pipeline(load_view_folder(work / "views"), resolution).to_trimesh()
@@ -104,10 +107,24 @@ def markdown_table(results: list[MeshScores]) -> str:
     return "\n".join(lines)
 
 
-def evaluate(pipeline: ReconstructionPipeline, meshes: list[Path], out_dir: Path, up_axis: str, polar: float, resolution: int) -> str:
+def mean_rows(results: list[MeshScores]) -> str:
+    """Mean Chamfer and F-scores of both methods over all meshes (the issue's acceptance measure)."""
+    lines = []
+    for label, key in (("reconstruction", "reconstruction"), ("visual hull (32 masks)", "visual_hull")):
+        scores = [getattr(r, key) for r in results]
+        mean = {k: float(np.mean([s[k] for s in scores])) for k in ("chamfer", "fscore@0.05", "fscore@0.1", "volume_iou")}
+        lines.append(f"| **mean** | {label} | {mean['chamfer']:.4f} | {mean['fscore@0.05']:.3f} | {mean['fscore@0.1']:.3f} | "
+                     f"{mean['volume_iou']:.3f} | | |")
+    return "\n".join(lines)
+
+
+def evaluate(
+    pipeline: ReconstructionPipeline, meshes: list[Path], out_dir: Path, up_axis: str, polar: float, resolution: int,
+    object_size: float = 0.7,
+) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = [evaluate_mesh(pipeline, m, out_dir, up_axis, polar, resolution) for m in meshes]
+    results = [evaluate_mesh(pipeline, m, out_dir, up_axis, polar, resolution, object_size) for m in meshes]
     atomic_write(out_dir / "results.json", json.dumps([vars(r) for r in results], indent=2).encode())
-    table = markdown_table(results)
+    table = markdown_table(results) + "\n" + mean_rows(results)
     atomic_write(out_dir / "results.md", (table + "\n").encode())
     return table
