@@ -1,0 +1,109 @@
+"""One image -> coloured mesh on the One-2-3-45 schedule: the frozen view generator, then reconstruction.
+
+Order as the reference's ``run.py``: stage-1 views 0-3 in one batch; the 4 nearby views of view 0;
+the polar angle (given, estimated from those 4 views, or 90° when the estimate fails); the second
+stage-1 ring (+30° polar, or -30° above 75°); the nearby views of the remaining 7 stage-1 views.
+Generated views round-trip through 8-bit PNGs, as the reference saves and re-reads them, and the
+One-2-3-45 folder is written (to ``views_dir`` or a temporary folder) and read back for reconstruction.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .cameras import STAGE1_DELTAS, STAGE2_DELTAS, stage1_indices, stage1_name, stage2_name
+from .elevation import estimate_polar
+from .generation.base import ViewGenerator
+from .mesh import ColoredMesh
+from .preprocess import prepare_input
+from .progress import ProgressCallback, no_progress
+from .reconstruction import DEFAULT_RESOLUTION, ReconstructionPipeline
+from .views import load_view_folder, write_view_folder
+
+FALLBACK_POLAR = 90.0
+STAGE1_STEPS = 75
+STAGE2_STEPS = 50
+WHITE_SNAP = 253  # stage-1 pixels at or above this become pure white before conditioning stage 2
+
+
+@dataclass
+class ImageToMeshResult:
+    mesh: ColoredMesh
+    polar: float
+    polar_source: str  # "given", "estimated" or "fallback"
+    views: dict[str, Image.Image]  # pose.json name -> generated view (8 stage-1 + 32 stage-2)
+    input_image: Image.Image  # the recentred 256x256 input
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def _to_images(batch: torch.Tensor) -> list[Image.Image]:
+    """Generated (N, 3, H, W) in [0, 1] -> 8-bit images, truncating as the reference does."""
+    arrays = (batch.clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arrays]
+
+
+def _snap_white(image: Image.Image) -> Image.Image:
+    a = np.asarray(image).copy()
+    a[a >= WHITE_SNAP] = 255
+    return Image.fromarray(a)
+
+
+class ImageToMeshPipeline:
+    """``pipeline(image)`` -> ``ImageToMeshResult``; the generator is any ``ViewGenerator`` (Zero123-XL or ours)."""
+
+    def __init__(self, generator: ViewGenerator, reconstruction: ReconstructionPipeline) -> None:
+        self.generator = generator
+        self.reconstruction = reconstruction
+
+    def _nearby_views(self, k: int, stage1: Image.Image, steps: int, seed: int, progress: ProgressCallback) -> dict[str, Image.Image]:
+        views = self.generator.generate(_to_tensor(_snap_white(stage1)), list(STAGE2_DELTAS), steps, seed, progress)
+        return {stage2_name(k, j): img for j, img in enumerate(_to_images(views))}
+
+    def __call__(
+        self,
+        image: str | os.PathLike | Image.Image,
+        polar: float | None = None,
+        stage1_steps: int = STAGE1_STEPS,
+        stage2_steps: int = STAGE2_STEPS,
+        seed: int = 0,
+        resolution: int = DEFAULT_RESOLUTION,
+        views_dir: str | os.PathLike | None = None,
+        progress: ProgressCallback = no_progress,
+    ) -> ImageToMeshResult:
+        progress("preprocess", 0, 1)
+        prepared = prepare_input(image)
+        progress("preprocess", 1, 1)
+        condition = _to_tensor(prepared)
+        first = [0, 1, 2, 3]
+        stage1 = dict(zip(first, _to_images(self.generator.generate(condition, [STAGE1_DELTAS[k] for k in first], stage1_steps, seed, progress))))
+        stage2 = self._nearby_views(0, stage1[0], stage2_steps, seed + 1, progress)
+
+        if polar is not None:
+            source = "given"
+        else:
+            progress("elevation", 0, 1)
+            estimate = estimate_polar([np.asarray(stage2[stage2_name(0, j)]) for j in range(4)])
+            polar, source = (estimate.polar, "estimated") if estimate.polar is not None else (FALLBACK_POLAR, "fallback")
+            progress("elevation", 1, 1)
+
+        ring = [k for k in stage1_indices(polar) if k not in first]
+        stage1.update(zip(ring, _to_images(self.generator.generate(condition, [STAGE1_DELTAS[k] for k in ring], stage1_steps, seed + 2, progress))))
+        for n, k in enumerate(stage1_indices(polar)[1:]):
+            stage2.update(self._nearby_views(k, stage1[k], stage2_steps, seed + 3 + n, progress))
+
+        views = {stage1_name(k): stage1[k] for k in stage1_indices(polar)}
+        views.update({name: stage2[name] for name in sorted(stage2, key=lambda n: tuple(int(x) for x in n[:-4].split("_")))})
+        with tempfile.TemporaryDirectory(prefix="imageto3d-views-") as tmp:
+            folder = write_view_folder(views_dir if views_dir is not None else Path(tmp) / "views", polar, views)
+            mesh = self.reconstruction(load_view_folder(folder), resolution, progress)
+        return ImageToMeshResult(mesh, float(polar), source, views, prepared)
