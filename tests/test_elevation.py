@@ -5,10 +5,8 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-import torch
 import trimesh
 
 from backend.cameras import INPUT_AZIMUTH, INTRINSICS, OPENGL_TO_OPENCV, STAGE2_DELTAS, camera_centre, look_at_c2w
@@ -29,10 +27,7 @@ MESHES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "meshe
 TOLERANCE_DEG = 5.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @cache

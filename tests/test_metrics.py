@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import trimesh
 
 from backend.evaluation.metrics import (
@@ -19,7 +18,7 @@ from backend.evaluation.metrics import (
     winding_numbers,
 )
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sphere(radius: float, centre=(0.0, 0.0, 0.0), subdivisions: int = 4) -> trimesh.Trimesh:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +24,7 @@ CUBE_FACES = torch.tensor(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """Small tensors gain nothing from threads, and OpenMP spin-waits on a busy shared CPU cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cube(half: float, centre: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> torch.Tensor:

@@ -20,12 +20,7 @@ TINY = dict(rays=32, sdf_points=256, random_sdf_points=64, checkpoint_every=2, l
             model=ReconstructorConfig(volume_resolution=24))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_sample_geometry_is_consistent() -> None:

@@ -27,12 +27,7 @@ POSES = [(0.0, 90.0), (30.0, 210.0)]
 STEPS = 4  # the reference schedule turns this into 3 steps: t = 501, 251, 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
