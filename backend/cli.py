@@ -100,6 +100,13 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(evaluate(pipeline, meshes, args.out, args.up_axis, args.polar, args.resolution, args.object_size))
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from .worker import protocol_streams, serve
+
+    stdin, stdout = protocol_streams()
+    serve(stdin, stdout, args.results_dir)
+
+
 def torch_backends_for_training() -> None:
     """TF32 matmuls and convolutions: ample precision for training, much faster on recent GPUs."""
     import torch
@@ -185,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--resolution", type=int, default=256)
     ev.add_argument("--device", default="auto")
     ev.set_defaults(run=_evaluate)
+
+    srv = commands.add_parser("serve", help="worker for the add-on: JSON-lines protocol on stdin/stdout",
+                              description="Serve jobs over newline-delimited JSON on stdin/stdout, one at a time, until "
+                                          "shutdown or end of input (docs/protocol.md). Logs go to stderr.")
+    srv.add_argument("--results-dir", type=Path, default=None, metavar="DIR",
+                     help="folder for the per-job result folders (default: the system temporary folder)")
+    srv.set_defaults(run=_serve)
     return parser
 
 

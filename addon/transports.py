@@ -1,0 +1,281 @@
+"""How the add-on reaches the backend worker: a thread in Blender's Python, or a child process over pipes.
+
+Both transports carry protocol messages (dicts, see backend/protocol.py) and never raise for worker
+failures: a worker that cannot start, crashes, hangs or speaks garbage comes back as an ``error`` message,
+so the UI has one stream to handle. Nothing here imports torch; the in-process worker imports it in its
+own thread, on the first job.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import queue
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from .backend import protocol
+
+CLOSE_WAIT = 5.0  # seconds a worker gets to finish after shutdown before it is killed / abandoned
+RESULTS_PREFIX = "imageto3d-results-"
+
+
+class Transport(Protocol):
+    """What ``BackendClient`` needs from a way of running the worker."""
+
+    @property
+    def results_dir(self) -> Path:
+        """The folder the worker writes job results into; owned by the transport and removed by ``close``."""
+
+    def send(self, message: dict) -> None:
+        """Deliver a request, starting the worker first for ``start`` and ``ping``; never raises for worker failures."""
+
+    def receive(self) -> list[dict]:
+        """Every worker message that arrived since the last call (non-blocking), plus transport errors."""
+
+    def close(self) -> None:
+        """Stop the worker (shutdown, then kill or abandon) and remove ``results_dir``."""
+
+
+class _ResultsFolder:
+    """A temporary folder created on first use and removed on close."""
+
+    def __init__(self) -> None:
+        self._path: Path | None = None
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            self._path = Path(tempfile.mkdtemp(prefix=RESULTS_PREFIX))
+        return self._path
+
+    def remove(self) -> None:
+        if self._path is not None:
+            shutil.rmtree(self._path, ignore_errors=True)
+            self._path = None
+
+
+class InProcessTransport:
+    """The worker as a thread in this Python: no second interpreter, but a stuck job cannot be killed.
+
+    The backend is imported as this add-on's sub-package (``.backend``), never as a top-level module.
+    Messages make a JSON round trip both ways, so they behave exactly as over a pipe.
+    """
+
+    def __init__(self) -> None:
+        self._inbox: queue.Queue[dict] = queue.Queue()
+        self._outbox: queue.Queue[dict] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._results = _ResultsFolder()
+
+    @property
+    def results_dir(self) -> Path:
+        return self._results.path
+
+    def send(self, message: dict) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            if message.get("type") not in ("start", "ping"):
+                return
+            self._inbox = queue.Queue()
+            self._thread = threading.Thread(target=self._serve, args=(self._inbox, self.results_dir),
+                                            name="imageto3d-backend", daemon=True)
+            self._thread.start()
+        self._inbox.put(protocol.decode(protocol.encode(message)))
+
+    def receive(self) -> list[dict]:
+        messages = []
+        while True:
+            try:
+                messages.append(self._outbox.get_nowait())
+            except queue.Empty:
+                return messages
+
+    def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._inbox.put({"type": "shutdown"})
+            self._thread.join(CLOSE_WAIT)  # a job past its last progress point finishes in the background
+        self._thread = None
+        self._results.remove()
+
+    def _reply(self, message: dict) -> None:
+        self._outbox.put(protocol.decode(protocol.encode(message)))
+
+    def _serve(self, inbox: queue.Queue, results_dir: Path) -> None:
+        try:
+            worker_module = importlib.import_module(".backend.worker", __package__)
+            worker = worker_module.Worker(self._reply, results_dir)
+        except Exception as exc:  # answer every request with the reason, instead of hanging the UI
+            reason = f"cannot load the backend in Blender's Python: {type(exc).__name__}: {exc}"
+            while (message := inbox.get()).get("type") != "shutdown":
+                if message.get("type") in ("start", "ping"):
+                    self._reply(protocol.error_reply(message.get("id"), reason))
+            return
+        self._reply({"type": "ready", "protocol": protocol.PROTOCOL_VERSION, "pid": os.getpid()})
+        try:
+            while worker.handle(inbox.get()):
+                pass
+        finally:
+            worker.shutdown(CLOSE_WAIT)
+
+
+class _Exited:
+    """Reader-thread note: the worker closed its stdout and exited with ``code``."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+class _Malformed:
+    """Reader-thread note: a line that is not a protocol message."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class SubprocessTransport:
+    """The worker as a child process ``PYTHON -m backend serve`` speaking the protocol over its stdin/stdout.
+
+    ``python`` needs torch and the backend's requirements; ``backend_parent`` is the folder that contains
+    the ``backend`` package (the child's working folder); ``env`` adds variables to this process's
+    environment. The child's stderr goes to this process's console. A crash, a line that is not protocol, or
+    ``hang_timeout`` seconds without a message during a job stop the child and become an error message;
+    the next ``start`` starts a new child.
+    """
+
+    def __init__(self, python: str, backend_parent: Path, env: dict | None = None, hang_timeout: float = 600.0) -> None:
+        self._python = python
+        self._cwd = Path(backend_parent)
+        self._env = {**os.environ, **(env or {})}
+        self._hang_timeout = hang_timeout
+        self._proc: subprocess.Popen | None = None
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._pending: list[dict] = []
+        self._active: str | None = None  # the job whose final message is awaited
+        self._last_message = time.monotonic()
+        self._write_lock = threading.Lock()
+        self._results = _ResultsFolder()
+
+    @property
+    def results_dir(self) -> Path:
+        return self._results.path
+
+    @property
+    def pid(self) -> int | None:
+        """The running child's process id (None when no child runs)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def send(self, message: dict) -> None:
+        kind = message.get("type")
+        if self._proc is not None and self._proc.poll() is not None and kind in ("start", "ping"):
+            self._discard()  # died since the last receive(): start afresh
+        if self._proc is None:
+            if kind not in ("start", "ping"):
+                return
+            try:
+                self._spawn()
+            except (OSError, ValueError) as exc:
+                self._pending.append(protocol.error_reply(
+                    message.get("id"), f"cannot start the backend ({self._python} in {self._cwd}): {exc}"))
+                return
+        if kind == "start":
+            self._active, self._last_message = message["id"], time.monotonic()
+        line = protocol.encode(message).encode("utf-8")
+        with self._write_lock:
+            try:
+                self._proc.stdin.write(line)
+                self._proc.stdin.flush()
+            except (OSError, ValueError):
+                pass  # the child is gone: its reader reports the exit
+
+    def receive(self) -> list[dict]:
+        messages, self._pending = self._pending, []
+        if self._proc is None:
+            return messages
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Exited):
+                messages.append(self._fail(f"the backend process exited unexpectedly (code {item.code}): see the console; "
+                                           "the next run starts a new one"))
+                return messages
+            if isinstance(item, _Malformed):
+                messages.append(self._fail(f"the backend sent a message that is not protocol ({item.reason}) and was "
+                                           "stopped: see the console; the next run starts a new one"))
+                return messages
+            self._last_message = time.monotonic()
+            if item["type"] == "ready" and item["protocol"] != protocol.PROTOCOL_VERSION:
+                messages.append(self._fail(f"the backend speaks protocol {item['protocol']} but the add-on needs "
+                                           f"{protocol.PROTOCOL_VERSION}: update the add-on and its backend together"))
+                return messages
+            if item["type"] in protocol.FINAL_TYPES and item["id"] == self._active:
+                self._active = None
+            messages.append(item)
+        if self._active is not None and time.monotonic() - self._last_message > self._hang_timeout:
+            messages.append(self._fail(f"the backend stopped responding for {self._hang_timeout:g} s and was stopped"))
+        return messages
+
+    def close(self) -> None:
+        proc = self._proc
+        if proc is not None:
+            try:
+                with self._write_lock:
+                    proc.stdin.write(protocol.encode({"type": "shutdown"}).encode("utf-8"))
+                    proc.stdin.close()
+                proc.wait(CLOSE_WAIT)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                pass
+            self._discard()
+        self._pending, self._active = [], None
+        self._results.remove()
+
+    def _spawn(self) -> None:
+        command = [self._python, "-m", "backend", "serve", "--results-dir", str(self.results_dir)]
+        self._proc = subprocess.Popen(command, cwd=self._cwd, env=self._env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+        self._queue = queue.Queue()
+        threading.Thread(target=_read_messages, args=(self._proc, self._queue), name="imageto3d-backend-reader",
+                         daemon=True).start()
+
+    def _fail(self, reason: str) -> dict:
+        """Drop the child (killing it unless it already exited) and turn ``reason`` into the current job's error."""
+        self._discard()
+        job, self._active = self._active, None
+        return protocol.error_reply(job, reason)
+
+    def _discard(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            proc.wait(CLOSE_WAIT)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            proc.stdin.close()  # stdout belongs to the reader thread, which closes it
+        except (OSError, ValueError):
+            pass
+
+
+def _read_messages(proc: subprocess.Popen, out: queue.Queue) -> None:
+    """Reader thread: each stdout line of ``proc`` as a validated message, a ``_Malformed`` note, or finally ``_Exited``."""
+    with proc.stdout:
+        try:
+            while line := proc.stdout.readline(protocol.MAX_LINE + 2):
+                try:
+                    text = line.decode("utf-8").rstrip("\r\n")
+                    out.put(protocol.validate_response(protocol.decode(text)))
+                except (UnicodeDecodeError, protocol.ProtocolError) as exc:
+                    out.put(_Malformed(" ".join(str(exc).split())[:160]))
+                    return
+        except (OSError, ValueError):
+            pass  # a broken pipe ends the child's stream like end of file
+    out.put(_Exited(proc.wait()))
