@@ -415,6 +415,8 @@ def _finish_in_ui(run: Run) -> None:
     if run.created:
         bpy.ops.ed.undo_push(message="Image to 3D")
     failed = any(t.outcome == "failed" for t in run.tasks)
+    if bpy.app.background:  # no UI to pop up in (and popup_menu crashes headless Blender); the status line says it
+        return
     if failed or run.summary_text is not None:
         message = run.state.status + (f"; details in the text {run.summary_text}" if run.summary_text else "")
         bpy.context.window_manager.popup_menu(lambda menu, _c: menu.layout.label(text=message), title="Image to 3D",

@@ -430,6 +430,162 @@ def test_backend_test_reports_the_torch_version_in_process_and_in_a_subprocess(p
         prefs.backend_mode, prefs.python_path = "IN_PROCESS", sys.executable
 
 
+def _assert_coloured_object_at_cursor(obj: bpy.types.Object, cursor: tuple[float, float, float]) -> None:
+    assert obj.type == "MESH" and tuple(obj.location) == pytest.approx(cursor)
+    colour = obj.data.color_attributes.active_color
+    assert (colour.name, colour.data_type, colour.domain) == ("Color", "FLOAT_COLOR", "POINT")
+    material = obj.data.materials[0]
+    assert material.name == "Image to 3D vertex colour"
+    assert any(n.bl_idname == "ShaderNodeVertexColor" and n.layer_name == "Color" for n in material.node_tree.nodes)
+
+
+@pytest.fixture()
+def tiny_generator_prefs(prefs: bpy.types.AddonPreferences, settings: bpy.types.PropertyGroup, tiny_zero123: Path,
+                         sphere_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[bpy.types.AddonPreferences]:
+    """The tiny Zero123 (2 steps, fixed polar) and the random checkpoint; everything back to in-process afterwards."""
+    from addon.preferences import close_client
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a subprocess worker, like this process (one_thread): no spin-waits
+    prefs.zero123_dir, prefs.checkpoint_path = str(tiny_zero123), str(sphere_checkpoint)
+    settings.steps, settings.resolution, settings.auto_polar = 2, 32, False
+    try:
+        yield prefs
+    finally:
+        close_client()  # stops a subprocess worker
+        prefs.zero123_dir = prefs.checkpoint_path = ""
+        prefs.backend_mode, prefs.python_path = "IN_PROCESS", sys.executable
+        settings.auto_polar = True
+
+
+@pytest.mark.parametrize("mode", ["IN_PROCESS", "SUBPROCESS"])
+def test_generate_from_an_image_file_in_both_backend_modes(
+        tiny_generator_prefs: bpy.types.AddonPreferences, settings: bpy.types.PropertyGroup, tmp_path: Path, mode: str) -> None:
+    tiny_generator_prefs.backend_mode, tiny_generator_prefs.python_path = mode, sys.executable
+    image = tmp_path / f"cow {mode.lower()}.png"
+    shutil.copy(SPOT_VIEWS / "stage1_8" / "0.png", image)
+    settings.source, settings.filepath = "FILE", str(image)
+    cursor = (-1.0, 2.0, 0.5)
+    bpy.context.scene.cursor.location = cursor
+    before = set(bpy.data.objects)
+    assert bpy.ops.imageto3d.generate() == {"FINISHED"}
+    [obj] = set(bpy.data.objects) - before
+    assert obj.name == image.stem
+    _assert_coloured_object_at_cursor(obj, cursor)
+    assert bpy.context.window_manager.image_to_3d.status.startswith(f"Created {obj.name}")
+
+
+def test_batch_of_three_images_and_a_corrupt_one_then_a_rerun_skips_them(
+        tiny_generator_prefs: bpy.types.AddonPreferences, tmp_path: Path) -> None:
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    out.mkdir()
+    shutil.copy(SPOT_VIEWS / "stage1_8" / "0.png", source / "front.png")
+    shutil.copy(SPOT_VIEWS / "stage1_8" / "1.png", source / "left.png")
+    jpg = bpy.data.images.load(str(SPOT_VIEWS / "stage1_8" / "2.png"), check_existing=False)
+    assert jpg.pixels[0] >= 0.0  # loads the pixels
+    jpg.filepath_raw, jpg.file_format = str(source / "back.jpg"), "JPEG"
+    jpg.save()
+    bpy.data.images.remove(jpg)
+    (source / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    state = bpy.context.window_manager.image_to_3d
+
+    before, texts = set(bpy.data.objects), set(bpy.data.texts)
+    assert bpy.ops.imageto3d.batch(input_dir=str(source), output_dir=str(out), overwrite=False) == {"FINISHED"}
+    assert sorted(o.name for o in set(bpy.data.objects) - before) == ["back", "front", "left"]
+    assert sorted(p.name for p in out.iterdir()) == ["back.glb", "front.glb", "left.glb"]
+    assert all(p.read_bytes()[:4] == b"glTF" for p in out.iterdir())
+    assert state.status == "Batch: 3 created, 1 failed"
+    [summary] = set(bpy.data.texts) - texts
+    lines = summary.as_string().splitlines()
+    assert "Batch: 3 created, 1 failed" in lines
+    [failed] = [line for line in lines if line.startswith("failed")]
+    assert " corrupt.png: cannot read corrupt.png" in failed
+    assert sum(line.startswith("created") for line in lines) == 3
+
+    before, texts = set(bpy.data.objects), set(bpy.data.texts)
+    assert bpy.ops.imageto3d.batch(input_dir=str(source), output_dir=str(out), overwrite=False) == {"FINISHED"}
+    assert set(bpy.data.objects) == before
+    assert state.status == "Batch: 0 created, 3 skipped, 1 failed"
+    [summary] = set(bpy.data.texts) - texts
+    skipped = [line for line in summary.as_string().splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 3 and all("exists" in line for line in skipped)
+
+
+def test_choosing_a_refreshed_checkpoint_changes_what_the_backend_loads(
+        prefs: bpy.types.AddonPreferences, settings: bpy.types.PropertyGroup, sphere_checkpoint: Path,
+        tmp_path: Path) -> None:
+    import torch
+
+    from addon import operators
+    from addon.preferences import _checkpoint_items
+    from backend.checkpoints import save_checkpoint
+    from backend.models import One2345Reconstructor
+
+    torch.manual_seed(1)
+    later = save_checkpoint(tmp_path / "later", One2345Reconstructor(), step=7)
+    for folder in (sphere_checkpoint, later):
+        prefs.checkpoint_folders.add().path = str(folder)
+    settings.source, settings.views_dir = "VIEWS", str(SPOT_VIEWS)
+    try:
+        assert bpy.ops.imageto3d.refresh_checkpoints() == {"FINISHED"}
+        listed = [item[0] for item in _checkpoint_items(prefs, bpy.context)]
+        assert listed == ["BUNDLED", str(sphere_checkpoint), str(later)]
+        label = bpy.types.UILayout.enum_item_name
+        assert label(prefs, "checkpoint", str(sphere_checkpoint)) == f"{sphere_checkpoint.name} (step 0)"
+        assert label(prefs, "checkpoint", str(later)) == "later (step 7)"
+
+        for chosen, step in ((str(later), 7), (str(sphere_checkpoint), 0)):
+            prefs.checkpoint = chosen
+            run = operators._generate_run(bpy.context)
+            run.temp.cleanup()
+            assert run.tasks[0].job["checkpoint"] == chosen
+            assert bpy.ops.imageto3d.test_backend() == {"FINISHED"}
+            assert prefs.backend_info.endswith(f"checkpoint {Path(chosen).name} step {step}")
+        prefs.checkpoint = "BUNDLED"
+        run = operators._generate_run(bpy.context)
+        run.temp.cleanup()
+        assert run.tasks[0].job["checkpoint"] is None
+    finally:
+        prefs.checkpoint_folders.clear()
+        prefs.checkpoint_path = ""
+
+
+def test_killed_subprocess_worker_is_a_clear_error_and_the_next_generate_works(
+        tiny_generator_prefs: bpy.types.AddonPreferences, settings: bpy.types.PropertyGroup, tmp_path: Path) -> None:
+    import signal
+
+    from addon import operators, preferences
+
+    tiny_generator_prefs.backend_mode, tiny_generator_prefs.python_path = "SUBPROCESS", sys.executable
+    image = tmp_path / "killed.png"
+    shutil.copy(SPOT_VIEWS / "stage1_8" / "0.png", image)
+    settings.source, settings.filepath = "FILE", str(image)
+    state = bpy.context.window_manager.image_to_3d
+
+    counts = _datablock_counts()
+    operators._start_polling(bpy.context, operators._generate_run(bpy.context))
+    pid = preferences._client._transport.pid
+    assert state.running and pid is not None
+    deadline = time.monotonic() + 120
+    while "/" not in state.stage:  # the worker is into the job: it has reported progress
+        assert operators._tick() is not None and time.monotonic() < deadline, state.status
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    while operators._tick() is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert state.status.startswith("Failed: the backend process exited unexpectedly"), state.status
+    assert not state.running and _datablock_counts() == counts and bpy.ops.imageto3d.generate.poll()
+    if bpy.app.timers.is_registered(operators._tick):
+        bpy.app.timers.unregister(operators._tick)
+
+    settings.source, settings.views_dir = "VIEWS", str(SPOT_VIEWS)  # a shorter job than the image's
+    before = set(bpy.data.objects)
+    assert bpy.ops.imageto3d.generate() == {"FINISHED"}
+    [obj] = set(bpy.data.objects) - before
+    assert obj.name.startswith("spot_views") and preferences._client._transport.pid not in (None, pid)
+
+
 def test_unregister_removes_everything(prefs: bpy.types.AddonPreferences) -> None:
     addon_utils.disable("addon", default_set=True, handle_error=_raise)
     assert "addon" not in bpy.context.preferences.addons
