@@ -65,9 +65,12 @@ class ReconstructionFrame:
         w2c[:3, 3] = -rotation.T @ centre
         return w2c
 
-    def projection(self, c2w_gl: np.ndarray) -> np.ndarray:
-        """(3, 4) matrix K [R | t] taking normalised points to homogeneous pixels."""
-        return self.intrinsics @ self.normalised_w2c(c2w_gl)[:3]
+    def source_cameras(self, c2ws_gl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Projections (V, 3, 4) K [R | t] of normalised points to pixels, and camera centres (V, 3), normalised."""
+        w2cs = np.stack([self.normalised_w2c(c2w) for c2w in c2ws_gl])
+        projections = np.einsum("ij,vjk->vik", self.intrinsics, w2cs[:, :3])
+        centres = np.einsum("vji,vj->vi", w2cs[:, :3, :3], -w2cs[:, :3, 3])
+        return projections, centres
 
     def to_world(self, points: np.ndarray) -> np.ndarray:
         """Normalised volume points (N, 3) back to the z-up world frame."""

@@ -23,9 +23,7 @@ DEFAULT_RESOLUTION = 256
 def camera_tensors(views: ViewSet, device: torch.device) -> tuple[ReconstructionFrame, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The reference frame and, in it, source images (V,3,H,W), projections (V,3,4) and camera centres (V,3)."""
     frame = ReconstructionFrame.from_cameras(views.reference_c2w, views.source_c2ws, views.intrinsics, views.near_far, views.image_size)
-    w2cs = np.stack([frame.normalised_w2c(c2w) for c2w in views.source_c2ws])
-    projections = np.einsum("ij,vjk->vik", frame.intrinsics, w2cs[:, :3])
-    centres = np.stack([-w[:3, :3].T @ w[:3, 3] for w in w2cs])
+    projections, centres = frame.source_cameras(views.source_c2ws)
     images = torch.from_numpy(views.source_images).permute(0, 3, 1, 2).contiguous()
 
     def tensor(a: np.ndarray) -> torch.Tensor:

@@ -100,7 +100,7 @@ def write_view_folder(folder: str | os.PathLike, polar: float, images: dict[str,
         raise ValueError(f"images not in the rig for polar {polar}: {sorted(unknown)}")
     (folder / STAGE1_DIR).mkdir(parents=True, exist_ok=True)
     (folder / STAGE2_DIR).mkdir(parents=True, exist_ok=True)
-    for i, (name, img) in enumerate(images.items()):
+    for name, img in images.items():
         sub = STAGE1_DIR if "_" not in name else STAGE2_DIR
         img.save(folder / sub / name)
     pose = {

@@ -81,7 +81,7 @@ def make_sample(
     frame = ReconstructionFrame.from_cameras(stage1[reference], sources, INTRINSICS, NEAR_FAR, (IMAGE_SIZE, IMAGE_SIZE))
 
     rgb, depth = render_views(obj, np.concatenate([sources, stage1[target : target + 1]]))
-    w2cs = np.stack([frame.normalised_w2c(c) for c in sources])
+    projections, centres = frame.source_cameras(sources)
 
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(a, dtype=torch.float32, device=device)
@@ -90,8 +90,8 @@ def make_sample(
     sample = TrainingSample(
         seed=int(rng.integers(2**62)),
         images=rgb[:-1].permute(0, 3, 1, 2).contiguous(),
-        projections=tensor(np.einsum("ij,vjk->vik", INTRINSICS, w2cs[:, :3])),
-        centres=tensor(np.stack([-w[:3, :3].T @ w[:3, 3] for w in w2cs])),
+        projections=tensor(projections),
+        centres=tensor(centres),
         target_rgb=rgb[-1],
         target_mask=depth[-1] > 0,
         target_depth=depth[-1] / frame.radius,
