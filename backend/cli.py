@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .devices import DEVICE_CHOICES
 from .errors import BackendError
-from .progress import stderr_progress
+from .progress import no_progress, stderr_progress
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
@@ -69,23 +69,29 @@ def _image2mesh(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
-    from .devices import resolve_device
     from .models import ReconstructorConfig
+    from .training.distributed import DistributedContext
     from .training.sources import MeshFolderSource, ProceduralSource
     from .training.trainer import Trainer, TrainConfig
 
     source = ProceduralSource() if args.data == "procedural" else MeshFolderSource(args.data, args.up_axis)
-    config = TrainConfig(steps=args.steps, seed=args.seed, rays=args.rays, checkpoint_every=args.checkpoint_every,
+    config = TrainConfig(steps=args.steps, seed=args.seed, batch=args.batch, rays=args.rays, checkpoint_every=args.checkpoint_every,
                          model=ReconstructorConfig(volume_resolution=args.volume_resolution))
     if args.short_schedule:
         config = replace(config, anneal_steps=args.steps // 8, sparseness_ramp_steps=args.steps // 4, mask_start=args.steps // 4)
-    device = resolve_device(args.device)
-    if device.type == "cuda":
-        torch_backends_for_training()
-    trainer = Trainer(config, source, args.out, device, resume=args.resume)
-    print(f"training from step {trainer.step} to {config.steps} on {device}", file=sys.stderr)
-    trainer.train(stderr_progress, stop_after=args.time_limit, workers=args.workers)
-    print(f"checkpoint at step {trainer.step}: {args.out}", file=sys.stderr)
+    context = DistributedContext.from_environment(args.device)
+    try:
+        if context.device.type == "cuda":
+            torch_backends_for_training()
+        trainer = Trainer(config, source, args.out, context.device, resume=args.resume, context=context)
+        if context.is_main:
+            print(f"training from step {trainer.step} to {config.steps} on {context.world_size} x {context.device.type}, "
+                  f"{config.batch} object(s) per step", file=sys.stderr)
+        trainer.train(stderr_progress if context.is_main else no_progress, stop_after=args.time_limit, workers=args.workers)
+        if context.is_main:
+            print(f"checkpoint at step {trainer.step}: {args.out}", file=sys.stderr)
+    finally:
+        context.close()
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -164,13 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     i2m.add_argument("--half", action="store_true", help="fp16 view generation on CUDA")
     i2m.set_defaults(run=_image2mesh)
     tr = commands.add_parser("train", help="train the reconstruction module (view generator frozen)",
-                             description="Train the reconstruction network end to end; resumable, checkpoints in our safetensors format.")
+                             description="Train the reconstruction network end to end; resumable, checkpoints in our safetensors format. "
+                                         "Runs unchanged under `torchrun --nproc_per_node N -m backend train ...` "
+                                         "(DistributedDataParallel; NCCL on GPUs, gloo on the CPU; rank 0 writes).")
     tr.add_argument("--data", default="procedural", help="'procedural' (default) or a folder of meshes (OBJ/PLY/GLB)")
     tr.add_argument("--up-axis", choices=("z", "y"), default="z", help="up axis of the meshes in --data (default z)")
     tr.add_argument("--out", type=Path, required=True, help="run folder; it is also a selectable checkpoint")
     tr.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     tr.add_argument("--steps", type=int, default=20_000)
-    tr.add_argument("--rays", type=int, default=512, help="rays per step (default 512)")
+    tr.add_argument("--batch", type=int, default=1,
+                    help="objects per step over all processes (default 1); under torchrun each process takes batch / N")
+    tr.add_argument("--rays", type=int, default=512, help="rays per object and step (default 512)")
     tr.add_argument("--volume-resolution", type=int, default=96, help="feature volume size (96 = the released model)")
     tr.add_argument("--checkpoint-every", type=int, default=500)
     tr.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds")

@@ -64,6 +64,11 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["total"]) for r in log)
     with Image.open(tmp_path / "straight" / "curves.png") as curves:  # the run's training-curve plot
         assert curves.size == (840, 520) and len(set(curves.getdata())) > 10
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "straight" / "tensorboard"))
+    events.Reload()
+    assert [(e.step, round(e.value, 5)) for e in events.Scalars("train/total")] == [(r["step"], round(r["total"], 5)) for r in log]
 
 
 def test_mesh_folder_source(shared_meshes: Path, tmp_path: Path) -> None:

@@ -1,13 +1,16 @@
 """The resumable trainer: the 2D/3D CNNs and both MLPs end to end, the view source frozen.
 
-Every step draws one object and one rig from a generator seeded by (seed, step), so a resumed
-run sees exactly the data it would have seen. The run folder is itself a checkpoint the
+Each step trains on ``batch`` objects; global sample ``step * batch + i`` is drawn from a generator seeded by
+(seed, that index), so a resumed run sees exactly the data it would have seen, and under ``torchrun`` each
+rank takes its share of every step's samples (DistributedDataParallel averages the gradients), which gives
+the same update as one process with the whole batch. The run folder is itself a checkpoint the
 add-on can select (``model.safetensors`` + ``config.json``), plus ``training_state.safetensors``
 / ``training_state.json`` (optimizer and step) and ``log.jsonl`` (one JSON object per logged step).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -20,17 +23,17 @@ import torch
 from ..checkpoints import load_reconstructor, save_checkpoint
 from ..evaluation.curves import plot_training_curves
 from ..files import atomic_write
-from ..models import One2345Reconstructor, ReconstructorConfig, VolumeField
-from ..models.neus_renderer import render_rays
+from ..models import One2345Reconstructor, ReconstructorConfig
 from ..progress import ProgressCallback, no_progress
-from .losses import LossWeights, reconstruction_losses
-from .rays import sample_rays
+from .distributed import DistributedContext
+from .losses import LossWeights
+from .objective import ScheduleState, TrainingObjective
+from .run_log import LOG_FILE, RunLog
 from .samples import TrainingSample, make_sample
 from .sources import ObjectSource
 
 STATE_WEIGHTS = "training_state.safetensors"
 STATE_META = "training_state.json"
-LOG_FILE = "log.jsonl"
 CURVES_FILE = "curves.png"
 
 
@@ -40,6 +43,7 @@ class TrainConfig:
     lr: float = 2e-4
     lr_floor: float = 0.1  # cosine decay to lr * lr_floor
     grad_clip: float = 1.0
+    batch: int = 1  # objects per step, over all ranks (the reference: one per GPU)
     rays: int = 512
     random_sdf_points: int = 1024
     sdf_points: int = 4096
@@ -63,6 +67,14 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr * (config.lr_floor + (1 - config.lr_floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def schedule_state(config: TrainConfig, step: int) -> ScheduleState:
+    return ScheduleState(
+        cos_anneal=min(1.0, step / max(config.anneal_steps, 1)),
+        sparseness_ramp=min(1.0, step / max(config.sparseness_ramp_steps, 1)),
+        mask_on=step >= config.mask_start,
+    )
+
+
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     tensors, scalars = {}, {}
     for index, values in state["state"].items():
@@ -83,38 +95,55 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 class StepSamples(torch.utils.data.Dataset):
-    """Item ``step`` is that step's sample, built on the CPU (in loader workers) from seed (seed, step)."""
+    """Item ``index`` is global sample ``index`` (step * batch + i), built on the CPU (in loader workers) from seed (seed, index)."""
 
     def __init__(self, source: ObjectSource, config: TrainConfig) -> None:
         self.source = source
         self.config = config
 
     def __len__(self) -> int:
-        return self.config.steps
+        return self.config.steps * self.config.batch
 
-    def __getitem__(self, step: int) -> TrainingSample:
+    def __getitem__(self, index: int) -> TrainingSample:
         torch.set_num_threads(1)
-        rng = np.random.default_rng([self.config.seed, step])
+        rng = np.random.default_rng([self.config.seed, index])
         obj = self.source.object(int(rng.integers(2**31)), torch.device("cpu"))
         return make_sample(obj, rng, self.config.polar_range, self.config.sdf_points)
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, source: ObjectSource, out_dir: str | Path, device: torch.device, resume: bool = False) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        source: ObjectSource,
+        out_dir: str | Path,
+        device: torch.device,
+        resume: bool = False,
+        context: DistributedContext | None = None,
+    ) -> None:
+        self.context = context or DistributedContext(0, 1, device)
+        if config.batch % self.context.world_size:
+            raise ValueError(f"--batch {config.batch} does not split evenly over {self.context.world_size} processes")
         self.config = config
         self.source = source
         self.out_dir = Path(out_dir)
         self.device = device
         self.step = 0
-        if resume and (self.out_dir / STATE_META).is_file():
+        resuming = resume and (self.out_dir / STATE_META).is_file()
+        if resuming:
             model, _ = load_reconstructor(self.out_dir)
         else:
             torch.manual_seed(config.seed)
             model = One2345Reconstructor(config.model)
         self.model = model.to(device).train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        if resume and (self.out_dir / STATE_META).is_file():
+        if resuming:
             self._load_state()
+        objective = TrainingObjective(self.model, config.weights, config.rays, config.random_sdf_points)
+        self.objective: torch.nn.Module = objective
+        if self.context.active:
+            ids = [device] if device.type == "cuda" else None
+            self.objective = torch.nn.parallel.DistributedDataParallel(objective, device_ids=ids)
 
     def _load_state(self) -> None:
         from safetensors.torch import load_file
@@ -125,9 +154,13 @@ class Trainer:
         self.step = int(meta["step"])
 
     def save(self, metrics: dict | None = None) -> None:
+        """Model, optimizer and step (rank 0 only; the other ranks hold identical weights)."""
         from safetensors.torch import save
 
-        provenance = {"trainer": "backend.training", "data": self.source.describe(), "train_config": self.config.to_dict()}
+        if not self.context.is_main:
+            return
+        provenance = {"trainer": "backend.training", "data": self.source.describe(), "train_config": self.config.to_dict(),
+                      "processes": self.context.world_size}
         save_checkpoint(self.out_dir, self.model, step=self.step, provenance=provenance, metrics=metrics or {})
         tensors, meta = _flatten_optimizer(self.optimizer.state_dict())
         atomic_write(self.out_dir / STATE_WEIGHTS, save(tensors))
@@ -135,40 +168,34 @@ class Trainer:
         if (self.out_dir / LOG_FILE).is_file() and (self.out_dir / LOG_FILE).stat().st_size:
             plot_training_curves(self.out_dir / LOG_FILE, self.out_dir / CURVES_FILE)
 
-    def train_step(self, sample: TrainingSample) -> dict[str, float]:
-        config = self.config
-        sample = sample.to(self.device)
-        torch.manual_seed(sample.seed)
-        generator = torch.Generator(device=self.device).manual_seed(sample.seed)
-        rays = sample_rays(sample, config.rays, generator)
-
+    def train_step(self, samples: list[TrainingSample]) -> dict[str, float]:
+        """One optimiser step on this rank's samples; the gradient is the mean over all ranks' samples."""
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(config, self.step)
-        volume = self.model.encode(sample.images, sample.projections, sample.centres)
-        field_ = VolumeField(self.model, volume)
-        rendered = render_rays(
-            field_, rays.origins, rays.directions, rays.near, rays.far, self.model.variance_network_lod0.inv_std(),
-            sample.target_c2w[:3, 3], cos_anneal=min(1.0, self.step / max(config.anneal_steps, 1)), create_graph=True,
-        )
-        random_points = torch.rand(config.random_sdf_points, 3, device=self.device, generator=generator) * 2 - 1
-        sdf_pred = self.model.sdf(sample.sdf_points, volume) if sample.sdf_points is not None else None
-        losses = reconstruction_losses(
-            rendered, rays, self.model.sdf(random_points, volume), config.weights,
-            sparseness_ramp=min(1.0, self.step / max(config.sparseness_ramp_steps, 1)),
-            mask_on=self.step >= config.mask_start, sdf_pred=sdf_pred, sdf_true=sample.sdf_values,
-        )
+            group["lr"] = learning_rate(self.config, self.step)
+        schedule = schedule_state(self.config, self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        totals: dict[str, torch.Tensor] = {}
+        for i, sample in enumerate(samples):
+            last = i == len(samples) - 1
+            sync = contextlib.nullcontext() if last or not self.context.active else self.objective.no_sync()
+            with sync:
+                losses = self.objective(sample.to(self.device), schedule)
+                (losses["total"] / len(samples)).backward()
+            for name, value in losses.items():
+                totals[name] = totals.get(name, 0) + value.detach() / len(samples)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.step += 1
-        record = {k: float(v.detach()) for k, v in losses.items()}
-        fg = rays.mask > 0
-        record["psnr"] = float(-10 * torch.log10(((rendered.color.detach() - rays.rgb) ** 2).mean()))
-        record["fg_opacity"] = float(rendered.opacity.detach()[fg].mean()) if fg.any() else 0.0
+        record = {name: float(value) for name, value in totals.items()}
         record["grad_norm"] = float(grad_norm)
         record["inv_std"] = float(self.model.variance_network_lod0.inv_std().detach())
-        return record
+        return self.context.mean(record)
+
+    def _local_indices(self, stop: int) -> list[int]:
+        """This rank's global sample indices for steps ``self.step .. stop - 1``, step by step."""
+        share = self.config.batch // self.context.world_size
+        first = self.context.rank * share
+        return [s * self.config.batch + first + i for s in range(self.step, stop) for i in range(share)]
 
     def train(
         self, progress: ProgressCallback = no_progress, stop_after: float | None = None, workers: int = 0, stop_at: int | None = None
@@ -178,21 +205,24 @@ class Trainer:
         Checkpoints every ``checkpoint_every`` steps and whenever it stops, so ``resume`` continues exactly.
         """
         start = time.time()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        stop = min(stop_at or self.config.steps, self.config.steps)
+        share = self.config.batch // self.context.world_size
+        if self.context.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         loader = torch.utils.data.DataLoader(
-            StepSamples(self.source, self.config), batch_size=None, sampler=range(self.step, min(stop_at or self.config.steps, self.config.steps)),
+            StepSamples(self.source, self.config), batch_size=None, sampler=self._local_indices(stop),
             num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False,
         )
+        samples = iter(loader)
         record: dict[str, float] = {}
-        with (self.out_dir / LOG_FILE).open("a") as log:
-            for sample in loader:
-                record = self.train_step(sample)
+        with RunLog(self.out_dir, enabled=self.context.is_main) as log:
+            while self.step < stop:
+                record = self.train_step([next(samples) for _ in range(share)])
                 if self.step % self.config.log_every == 0 or self.step == self.config.steps:
                     record.update(step=self.step, lr=learning_rate(self.config, self.step), elapsed=round(time.time() - start, 2))
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
+                    log.write(self.step, record)
                 progress("train", self.step, self.config.steps)
-                out_of_time = stop_after is not None and time.time() - start > stop_after
+                out_of_time = self.context.any(stop_after is not None and time.time() - start > stop_after)
                 if self.step % self.config.checkpoint_every == 0 or out_of_time:
                     self.save({k: record[k] for k in ("total", "color", "psnr")})
                 if out_of_time:
