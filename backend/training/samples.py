@@ -53,9 +53,10 @@ class TrainingSample:
 
 
 def render_views(obj: SceneObject, c2ws_gl: np.ndarray, size: int = IMAGE_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shaded RGB on white (N, H, W, 3) and planar depth (N, H, W), 0 on background."""
+    """Shaded RGB on white (N, H, W, 3) and planar depth (N, H, W), 0 on background; the rig's intrinsics scaled to ``size``."""
     device = obj.vertices.device
     intrinsics = torch.as_tensor(INTRINSICS, dtype=torch.float32, device=device)
+    intrinsics[:2] *= size / IMAGE_SIZE
     rgbs, depths = [], []
     for c2w in c2ws_gl:
         w2c = torch.as_tensor(np.linalg.inv(c2w @ OPENGL_TO_OPENCV), dtype=torch.float32, device=device)
