@@ -1,8 +1,9 @@
 """One image -> coloured mesh on the One-2-3-45 schedule: the frozen view generator, then reconstruction.
 
-Order as the reference's ``run.py``: stage-1 views 0-3 in one batch; the 4 nearby views of view 0;
-the polar angle (given, estimated from those 4 views, or 90° when the estimate fails); the second
-stage-1 ring (+30° polar, or -30° above 75°); the nearby views of the remaining 7 stage-1 views.
+Order as the reference's ``run.py``, each step one UNet batch: with a given polar angle, all 8
+stage-1 views, then all 32 nearby views; otherwise stage-1 views 0-3, the 4 nearby views of view 0,
+the polar angle estimated from them (90° when the estimate fails), the second stage-1 ring (+30°
+polar, or -30° above 75°), and the nearby views of the remaining 7 stage-1 views.
 Generated views round-trip through 8-bit PNGs, as the reference saves and re-reads them, and the
 One-2-3-45 folder is written (to ``views_dir`` or a temporary folder) and read back for reconstruction.
 """
@@ -65,9 +66,16 @@ class ImageToMeshPipeline:
         self.generator = generator
         self.reconstruction = reconstruction
 
-    def _nearby_views(self, k: int, stage1: Image.Image, steps: int, seed: int, progress: ProgressCallback) -> dict[str, Image.Image]:
-        views = self.generator.generate(_to_tensor(_snap_white(stage1)), list(STAGE2_DELTAS), steps, seed, progress)
-        return {stage2_name(k, j): img for j, img in enumerate(_to_images(views))}
+    def _stage1(self, condition: torch.Tensor, ks: list[int], steps: int, seed: int, progress: ProgressCallback) -> dict[int, Image.Image]:
+        views = self.generator.generate(condition, [STAGE1_DELTAS[k] for k in ks], steps, seed, progress)
+        return dict(zip(ks, _to_images(views)))
+
+    def _stage2(self, stage1: dict[int, Image.Image], ks: list[int], steps: int, seed: int, progress: ProgressCallback) -> dict[str, Image.Image]:
+        """The 4 nearby views of each stage-1 view in ``ks``, all in one batch."""
+        conditions = torch.stack([_to_tensor(_snap_white(stage1[k])) for k in ks for _ in STAGE2_DELTAS])
+        views = self.generator.generate(conditions, list(STAGE2_DELTAS) * len(ks), steps, seed, progress)
+        names = [stage2_name(k, j) for k in ks for j in range(len(STAGE2_DELTAS))]
+        return dict(zip(names, _to_images(views)))
 
     def __call__(
         self,
@@ -84,22 +92,19 @@ class ImageToMeshPipeline:
         prepared = prepare_input(image)
         progress("preprocess", 1, 1)
         condition = _to_tensor(prepared)
-        first = [0, 1, 2, 3]
-        stage1 = dict(zip(first, _to_images(self.generator.generate(condition, [STAGE1_DELTAS[k] for k in first], stage1_steps, seed, progress))))
-        stage2 = self._nearby_views(0, stage1[0], stage2_steps, seed + 1, progress)
-
         if polar is not None:
             source = "given"
+            stage1 = self._stage1(condition, stage1_indices(polar), stage1_steps, seed, progress)
+            stage2 = self._stage2(stage1, stage1_indices(polar), stage2_steps, seed + 1, progress)
         else:
+            stage1 = self._stage1(condition, [0, 1, 2, 3], stage1_steps, seed, progress)
+            stage2 = self._stage2(stage1, [0], stage2_steps, seed + 1, progress)
             progress("elevation", 0, 1)
             estimate = estimate_polar([np.asarray(stage2[stage2_name(0, j)]) for j in range(4)])
             polar, source = (estimate.polar, "estimated") if estimate.polar is not None else (FALLBACK_POLAR, "fallback")
             progress("elevation", 1, 1)
-
-        ring = [k for k in stage1_indices(polar) if k not in first]
-        stage1.update(zip(ring, _to_images(self.generator.generate(condition, [STAGE1_DELTAS[k] for k in ring], stage1_steps, seed + 2, progress))))
-        for n, k in enumerate(stage1_indices(polar)[1:]):
-            stage2.update(self._nearby_views(k, stage1[k], stage2_steps, seed + 3 + n, progress))
+            stage1.update(self._stage1(condition, stage1_indices(polar)[4:], stage1_steps, seed + 2, progress))
+            stage2.update(self._stage2(stage1, stage1_indices(polar)[1:], stage2_steps, seed + 3, progress))
 
         views = {stage1_name(k): stage1[k] for k in stage1_indices(polar)}
         views.update({name: stage2[name] for name in sorted(stage2, key=lambda n: tuple(int(x) for x in n[:-4].split("_")))})

@@ -55,26 +55,30 @@ def zero123_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class EchoGenerator:
-    """Returns the conditioning image for every pose: lets the test check what the pipeline asks for."""
+    """Returns each conditioning image darkened by a per-pose amount: lets the test check what the pipeline asks for."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[list[tuple[float, float]], int]] = []
+        self.calls: list[tuple[list[tuple[float, float]], int, torch.Tensor]] = []
 
     def generate(self, image, poses, steps, seed=None, progress=None):
-        self.calls.append((list(poses), steps))
-        return image[None].expand(len(poses), -1, -1, -1).clone()
+        conditions = image if image.ndim == 4 else image[None].expand(len(poses), -1, -1, -1)
+        self.calls.append((list(poses), steps, conditions.clone()))
+        return conditions * torch.linspace(1.0, 0.5, len(poses)).view(-1, 1, 1, 1)
 
 
-def test_schedule_follows_the_reference_order(photo: Path, tmp_path: Path) -> None:
+def test_schedule_with_a_given_polar_is_one_batch_per_stage(photo: Path, tmp_path: Path) -> None:
     generator = EchoGenerator()
     pipeline = ImageToMeshPipeline(generator, ReconstructionPipeline.from_checkpoint(None, "cpu"))
     result = pipeline(photo, polar=80.0, resolution=32, views_dir=tmp_path / "views")
     poses = [c[0] for c in generator.calls]
-    assert len(poses) == 10 and all(len(p) == 4 for p in poses)
-    assert poses[0] == [STAGE1_DELTAS[k] for k in (0, 1, 2, 3)]
-    assert poses[2] == [STAGE1_DELTAS[k] for k in (8, 9, 10, 11)]  # polar > 75: the ring goes up
-    assert poses[1] == poses[3] == [(-10.0, 0.0), (10.0, 0.0), (0.0, -10.0), (0.0, 10.0)]
-    assert [c[1] for c in generator.calls] == [75, 50, 75] + [50] * 7
+    assert poses[0] == [STAGE1_DELTAS[k] for k in (0, 1, 2, 3, 8, 9, 10, 11)]  # polar > 75: the second ring goes up
+    assert poses[1] == [(-10.0, 0.0), (10.0, 0.0), (0.0, -10.0), (0.0, 10.0)] * 8
+    assert [c[1] for c in generator.calls] == [75, 50]
+    stage1, conditions = generator.calls[0][2] * torch.linspace(1.0, 0.5, 8).view(-1, 1, 1, 1), generator.calls[1][2]
+    for i in range(8):  # the nearby views of stage-1 view i are conditioned on that view (8-bit, near-white snapped)
+        for j in range(4):
+            kept = stage1[i] < 250 / 255
+            assert (conditions[4 * i + j] - stage1[i])[kept].abs().max() <= 1.01 / 255
     assert result.polar == 80.0 and result.polar_source == "given"
     meta = json.loads((tmp_path / "views" / "pose.json").read_text())
     assert list(meta["c2ws"])[:8] == ["0.png", "1.png", "2.png", "3.png", "8.png", "9.png", "10.png", "11.png"]
@@ -83,6 +87,19 @@ def test_schedule_follows_the_reference_order(photo: Path, tmp_path: Path) -> No
     # the recentred input: white background, object in the middle
     arr = np.asarray(result.input_image)
     assert arr.shape == (256, 256, 3) and (arr[:5] == 255).all() and (arr[128] < 250).any()
+
+
+def test_schedule_with_an_estimated_polar_follows_the_reference_order(photo: Path) -> None:
+    generator = EchoGenerator()
+    pipeline = ImageToMeshPipeline(generator, ReconstructionPipeline.from_checkpoint(None, "cpu"))
+    result = pipeline(photo, resolution=32)
+    poses = [c[0] for c in generator.calls]
+    assert result.polar_source in ("estimated", "fallback")
+    ring = (4, 5, 6, 7) if result.polar <= 75 else (8, 9, 10, 11)
+    assert poses[0] == [STAGE1_DELTAS[k] for k in (0, 1, 2, 3)]
+    assert poses[1] == [(-10.0, 0.0), (10.0, 0.0), (0.0, -10.0), (0.0, 10.0)]  # view 0's nearby views give the polar angle
+    assert poses[2] == [STAGE1_DELTAS[k] for k in ring]
+    assert len(poses[3]) == 28 and [c[1] for c in generator.calls] == [75, 50, 75, 50]
 
 
 def test_image2mesh_cli_with_tiny_random_models(photo: Path, zero123_folder: Path, random_reconstructor: Path, tmp_path: Path) -> None:

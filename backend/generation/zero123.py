@@ -167,11 +167,15 @@ class Zero123Generator:
         seed: int | None = None,
         progress: ProgressCallback = no_progress,
     ) -> torch.Tensor:
-        """Views of ``image`` at (delta polar, delta azimuth) degrees, all poses in one batch; float32 on ``self.device``."""
-        if image.ndim != 3 or image.shape[0] != 3:
-            raise InputError(f"the conditioning image must be a (3, H, W) tensor, not {tuple(image.shape)}")
+        """Views at (delta polar, delta azimuth) degrees, all poses in one UNet batch; float32 on ``self.device``.
+
+        ``image`` is one (3, H, W) view shared by all poses, or (len(poses), 3, H, W) with one view per pose, so
+        a whole One-2-3-45 stage (e.g. the 32 nearby views of 8 stage-1 views) is one batch.
+        """
         if not poses:
             raise InputError("no poses were given to generate views for")
+        if not (image.ndim == 3 and image.shape[0] == 3) and not (image.ndim == 4 and image.shape[:2] == (len(poses), 3)):
+            raise InputError(f"the conditioning image must be (3, H, W) or ({len(poses)}, 3, H, W), not {tuple(image.shape)}")
         timesteps = ddim_timesteps(steps, self.sampler.reference_step_quirk, self.sampler.schedule.train_steps)
         generator = torch.Generator(self.device)
         if seed is None:
@@ -194,7 +198,8 @@ class Zero123Generator:
 
     def conditioning(self, image: torch.Tensor, poses: list[tuple[float, float]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Concat latent (unscaled posterior mode) and the projected context token, one row per pose."""
-        x = image.to(self.device, torch.float32).unsqueeze(0) * 2 - 1
+        x = image.to(self.device, torch.float32)
+        x = (x.unsqueeze(0) if x.ndim == 3 else x) * 2 - 1
         pixels = clip_pixels(x, self.image_encoder.config.image_size).to(self.dtype)
         embedding = self.image_encoder(pixel_values=pixels).image_embeds
         pose = torch.tensor([relative_pose_vector(dp, da) for dp, da in poses], device=self.device, dtype=self.dtype)
