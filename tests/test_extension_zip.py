@@ -9,6 +9,7 @@ backend then imports torch and everything else from there. Blender runs in child
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 import build_addon
@@ -37,6 +39,21 @@ def test_the_bundled_wheels_are_the_versions_the_tests_run_on() -> None:
     assert pins["numpy"].version.major == 1  # a numpy 2 wheel would shadow Blender's own for every add-on
     assert pins["colorama"].applies_to(windows) and "colorama" not in on_linux
     assert str(pins["torch"].version_for(linux)).endswith("+cpu") and pins["torch"].version_for(windows) == pins["torch"].version
+
+
+def test_every_package_the_extension_imports_is_bundled() -> None:
+    """The lock follows the code: a new import in backend/ or addon/ needs its wheel in requirements-extension.txt."""
+    imported = set()
+    for path in [*(REPO / "backend").rglob("*.py"), *(REPO / "addon").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"bpy"}  # bpy: Blender itself
+    distributions = metadata.packages_distributions()
+    needed = {canonicalize_name(distributions.get(module, [module])[0]) for module in third_party}
+    assert needed - {pin.name for pin in build_addon.read_lock()} == set()
 
 
 def test_a_pin_that_contradicts_the_development_lock_stops_the_build(tmp_path: Path) -> None:
