@@ -46,18 +46,16 @@ def _image2mesh(args: argparse.Namespace) -> None:
     import torch
 
     from .devices import resolve_device
+    from .generation.bundled import generator_folder
     from .generation.zero123 import Zero123Generator
     from .image_to_mesh import STAGE1_STEPS, STAGE2_STEPS, ImageToMeshPipeline
     from .mesh import check_output_path, export_mesh
     from .reconstruction import ReconstructionPipeline
 
     check_output_path(args.output)
-    if args.zero123 is None:
-        raise ValueError("no view generator: pass --zero123 DIR, a Zero123 / Zero123-XL diffusers folder "
-                         "(or convert zero123-xl.ckpt with `python -m backend convert-zero123`)")
     device = resolve_device(args.device)
     dtype = torch.float16 if device.type == "cuda" and args.half else torch.float32
-    generator = Zero123Generator.from_folder(args.zero123, device, dtype)
+    generator = Zero123Generator.from_folder(generator_folder(args.zero123), device, dtype)
     pipeline = ImageToMeshPipeline(generator, ReconstructionPipeline.from_checkpoint(args.checkpoint, str(device)))
     stage1, stage2 = (args.steps, max(2, round(args.steps * 2 / 3))) if args.steps else (STAGE1_STEPS, STAGE2_STEPS)
     result = pipeline(args.image, args.polar, stage1, stage2, args.seed, args.resolution, args.views_dir, stderr_progress)
@@ -92,6 +90,30 @@ def _train(args: argparse.Namespace) -> None:
             print(f"checkpoint at step {trainer.step}: {args.out}", file=sys.stderr)
     finally:
         context.close()
+
+
+def _train_generator(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from .devices import resolve_device
+    from .generation.generator_trainer import EXPORT_DIR, GeneratorTrainConfig, GeneratorTrainer
+    from .generation.small_model import TINY_GENERATOR
+    from .training.sources import MeshFolderSource
+
+    config = GeneratorTrainConfig(vae_steps=args.steps_vae, steps=args.steps, vae_batch=args.batch_vae, batch=args.batch,
+                                  objects=args.objects, refresh_objects=args.refresh_objects, seed=args.seed)
+    if args.tiny:
+        config = replace(config, model=TINY_GENERATOR, mesh_resolution=32)
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch_backends_for_training()
+    meshes = MeshFolderSource(args.meshes, args.up_axis) if args.meshes else None
+    trainer = GeneratorTrainer(config, args.out, device, meshes, resume=args.resume, workers=args.workers)
+    print(f"training the view generator from VAE step {trainer.vae_step}/{config.vae_steps}, UNet step "
+          f"{trainer.step}/{config.steps} on {device}", file=sys.stderr)
+    trainer.train(stderr_progress, stop_after=args.time_limit)
+    print(f"checkpoint at VAE step {trainer.vae_step}, UNet step {trainer.step}: {args.out}"
+          + (f" (generator: {args.out / EXPORT_DIR})" if trainer.step else ""), file=sys.stderr)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -158,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "the frozen Zero123, reconstruct and export.")
     i2m.add_argument("image", type=Path, metavar="IMAGE")
     i2m.add_argument("-o", "--output", type=Path, required=True, help="mesh file: .glb, .ply or .obj")
-    i2m.add_argument("--zero123", type=Path, default=None, metavar="DIR", help="Zero123 / Zero123-XL diffusers folder")
+    i2m.add_argument("--zero123", type=Path, default=None, metavar="DIR",
+                     help="Zero123 / Zero123-XL diffusers folder (default: the bundled small generator)")
     i2m.add_argument("--checkpoint", type=Path, default=None, help="reconstruction checkpoint (default: bundled)")
     i2m.add_argument("--views-dir", type=Path, default=None, help="keep the One-2-3-45 view folder here")
     i2m.add_argument("--polar", type=float, default=None, help="polar angle of the input view in degrees (default: estimated)")
@@ -189,6 +212,27 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto")
     tr.add_argument("--seed", type=int, default=0)
     tr.set_defaults(run=_train)
+
+    tg = commands.add_parser("train-generator", help="train our small Zero123-architecture view generator from scratch",
+                             description="Train the small view generator (VAE, then UNet + CLIP encoder + camera projection) on "
+                                         "rendered One-2-3-45 rigs of procedural objects and optional meshes; resumable. The "
+                                         "diffusers folder OUT/view_generator is rewritten at every checkpoint of the UNet phase.")
+    tg.add_argument("--out", type=Path, required=True, help="run folder (state, log, cached renders, exported generator)")
+    tg.add_argument("--meshes", type=Path, default=None, metavar="DIR", help="also train on renders of these meshes")
+    tg.add_argument("--up-axis", choices=("z", "y"), default="z", help="up axis of the meshes in --meshes (default z)")
+    tg.add_argument("--steps-vae", type=int, default=3_000, help="VAE steps (default 3000)")
+    tg.add_argument("--steps", type=int, default=12_000, help="UNet steps (default 12000)")
+    tg.add_argument("--batch-vae", type=int, default=32, help="images per VAE step (default 32)")
+    tg.add_argument("--batch", type=int, default=128, help="view pairs per UNet step (default 128)")
+    tg.add_argument("--objects", type=int, default=512, help="rendered objects held on the device (default 512)")
+    tg.add_argument("--refresh-objects", type=int, default=8, help="new objects rendered every 100 steps (default 8)")
+    tg.add_argument("--workers", type=int, default=0, help="loader processes building meshes (default 0 = in-process)")
+    tg.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    tg.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds")
+    tg.add_argument("--tiny", action="store_true", help="a tiny model at 64 x 64 (smoke runs)")
+    tg.add_argument("--device", default="auto")
+    tg.add_argument("--seed", type=int, default=0)
+    tg.set_defaults(run=_train_generator)
 
     ev = commands.add_parser("evaluate", help="score a checkpoint on meshes rendered at the rig",
                              description="Render each mesh at the One-2-3-45 rig, reconstruct, and report Chamfer, F-score, "

@@ -1,0 +1,21 @@
+"""Where the shipped view generator lives, and which generator folder a run uses (light: no diffusers import)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import CheckpointError
+
+# Our small Zero123-architecture generator (``python -m backend train-generator``), in diffusers layout.
+DEFAULT_GENERATOR = Path(__file__).resolve().parents[1] / "weights" / "view_generator"
+
+
+def generator_folder(folder: str | Path | None) -> Path:
+    """``folder`` when one is given, else the shipped generator; a clear error when neither exists."""
+    if folder is not None:
+        return Path(folder)
+    if not (DEFAULT_GENERATOR / "model_index.json").is_file():
+        raise CheckpointError(f"no view generator: the bundled one ({DEFAULT_GENERATOR}) is not installed; pass a "
+                              "Zero123 / Zero123-XL diffusers folder (or convert zero123-xl.ckpt with "
+                              "`python -m backend convert-zero123`), or train one with `python -m backend train-generator`")
+    return DEFAULT_GENERATOR
