@@ -16,7 +16,7 @@ $(STAMP): requirements.txt
 
 demo: setup
 	mkdir -p demo_output
-	$(PY) -m backend reconstruct examples/spot_views -o demo_output/spot.glb --resolution 256
+	$(PY) -m backend reconstruct examples/spot_views -o demo_output/spot.glb --resolution 256 --overwrite
 	@echo "demo mesh: demo_output/spot.glb"
 
 test: setup

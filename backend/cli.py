@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .devices import DEVICE_CHOICES
-from .errors import BackendError
+from .errors import BackendError, out_of_memory_advice
 from .progress import no_progress, stderr_progress
 
 
@@ -18,12 +18,12 @@ def _reconstruct(args: argparse.Namespace) -> None:
     from .reconstruction import ReconstructionPipeline
     from .views import load_view_folder
 
-    check_output_path(args.output)
+    check_output_path(args.output, args.overwrite)
     torch.manual_seed(args.seed)
     views = load_view_folder(args.views_dir)
     pipeline = ReconstructionPipeline.from_checkpoint(args.checkpoint, args.device, args.norm_statistics)
     mesh = pipeline(views, args.resolution, stderr_progress)
-    export_mesh(mesh, args.output)
+    export_mesh(mesh, args.output, args.overwrite)
     print(f"wrote {args.output} ({len(mesh.vertices)} vertices, {len(mesh.faces)} faces)", file=sys.stderr)
 
 
@@ -43,23 +43,27 @@ def _convert_zero123(args: argparse.Namespace) -> None:
 
 
 def _image2mesh(args: argparse.Namespace) -> None:
+    from .mesh import check_output_path, export_mesh
+    from .preprocess import prepare
+
+    check_output_path(args.output, args.overwrite)
+    prepared = prepare(args.image)  # a bad image fails in a moment, before torch and the models load
+
     import torch
 
     from .devices import resolve_device
     from .generation.bundled import generator_folder
     from .generation.zero123 import Zero123Generator
     from .image_to_mesh import STAGE1_STEPS, STAGE2_STEPS, ImageToMeshPipeline
-    from .mesh import check_output_path, export_mesh
     from .reconstruction import ReconstructionPipeline
 
-    check_output_path(args.output)
     device = resolve_device(args.device)
     dtype = torch.float16 if device.type == "cuda" and args.half else torch.float32
     generator = Zero123Generator.from_folder(generator_folder(args.zero123), device, dtype)
     pipeline = ImageToMeshPipeline(generator, ReconstructionPipeline.from_checkpoint(args.checkpoint, str(device)))
     stage1, stage2 = (args.steps, max(2, round(args.steps * 2 / 3))) if args.steps else (STAGE1_STEPS, STAGE2_STEPS)
-    result = pipeline(args.image, args.polar, stage1, stage2, args.seed, args.resolution, args.views_dir, stderr_progress)
-    export_mesh(result.mesh, args.output)
+    result = pipeline(prepared, args.polar, stage1, stage2, args.seed, args.resolution, args.views_dir, stderr_progress)
+    export_mesh(result.mesh, args.output, args.overwrite)
     print(f"polar {result.polar:.1f} deg ({result.polar_source}); wrote {args.output} "
           f"({len(result.mesh.vertices)} vertices, {len(result.mesh.faces)} faces)", file=sys.stderr)
 
@@ -151,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Reconstruct a coloured mesh from a One-2-3-45 folder (pose.json, stage1_8/, stage2_8/).")
     rec.add_argument("views_dir", type=Path, metavar="VIEWS_DIR")
     rec.add_argument("-o", "--output", type=Path, required=True, help="mesh file: .glb, .ply (z-up world frame) or .obj")
+    rec.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     rec.add_argument("--checkpoint", type=Path, default=None, help="checkpoint folder or official .pth (default: bundled)")
     rec.add_argument("--resolution", type=int, default=256, help="marching-cubes grid size per axis (default 256)")
     rec.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} or cuda:N (default auto)")
@@ -180,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "the frozen Zero123, reconstruct and export.")
     i2m.add_argument("image", type=Path, metavar="IMAGE")
     i2m.add_argument("-o", "--output", type=Path, required=True, help="mesh file: .glb, .ply or .obj")
+    i2m.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     i2m.add_argument("--zero123", type=Path, default=None, metavar="DIR",
                      help="Zero123 / Zero123-XL diffusers folder (default: the bundled small generator)")
     i2m.add_argument("--checkpoint", type=Path, default=None, help="reconstruction checkpoint (default: bundled)")
@@ -262,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
         args.run(args)
     except (BackendError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # out of memory deep inside a run: advice instead of a traceback
+        advice = out_of_memory_advice(exc)
+        if advice is None:
+            raise
+        print(f"error: {advice}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

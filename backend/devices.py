@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import BackendError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """"auto" prefers CUDA, then Apple MPS, then the CPU; an unavailable explicit choice is an error."""
+    """"auto" prefers CUDA, then Apple MPS, then the CPU; an unavailable explicit choice is an error.
+
+    torch is imported here, not at module level, so the command line answers --help and bad input at once.
+    """
+    import torch
+
     cuda = torch.cuda.is_available()
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":

@@ -23,7 +23,7 @@ from .cameras import STAGE1_DELTAS, STAGE2_DELTAS, stage1_indices, stage1_name, 
 from .elevation import estimate_polar
 from .generation.base import ViewGenerator
 from .mesh import ColoredMesh
-from .preprocess import prepare_input
+from .preprocess import PreparedInput, prepare_input
 from .progress import ProgressCallback, no_progress
 from .reconstruction import DEFAULT_RESOLUTION, ReconstructionPipeline
 from .views import load_view_folder, write_view_folder
@@ -79,7 +79,7 @@ class ImageToMeshPipeline:
 
     def __call__(
         self,
-        image: str | os.PathLike | Image.Image,
+        image: str | os.PathLike | Image.Image | PreparedInput,
         polar: float | None = None,
         stage1_steps: int = STAGE1_STEPS,
         stage2_steps: int = STAGE2_STEPS,
@@ -89,7 +89,7 @@ class ImageToMeshPipeline:
         progress: ProgressCallback = no_progress,
     ) -> ImageToMeshResult:
         progress("preprocess", 0, 1)
-        prepared = prepare_input(image)
+        prepared = image.image if isinstance(image, PreparedInput) else prepare_input(image)  # callers may check it first
         progress("preprocess", 1, 1)
         condition = _to_tensor(prepared)
         if polar is not None:

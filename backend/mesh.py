@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write
+from .files import atomic_write, probe_writable
 from .errors import InputError
 
 EXPORT_FORMATS = (".glb", ".ply", ".obj")
@@ -38,21 +38,27 @@ class ColoredMesh:
         return trimesh.Trimesh(vertices, self.faces, vertex_colors=rgba, process=False)
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
-    """Fail before any work if the mesh could not be written there (format, folder, permission)."""
+def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Fail before any work if the mesh could not be written there (format, folder, permission, an existing file)."""
     path = Path(path)
     if path.suffix.lower() not in EXPORT_FORMATS:
         raise InputError(f"cannot write {path.name}: the output must end in {', '.join(EXPORT_FORMATS)}")
     if not path.parent.is_dir():
         raise InputError(f"output folder {path.parent} does not exist: create it first")
-    if not os.access(path.parent, os.W_OK):
-        raise InputError(f"output folder {path.parent} is not writable: choose another -o path")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder: give a file name ending in {', '.join(EXPORT_FORMATS)}")
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} already exists: pass --overwrite to replace it, or choose another -o path")
+    try:
+        probe_writable(path.parent)
+    except OSError as exc:
+        raise InputError(f"output folder {path.parent} is not writable ({exc.strerror or exc}): choose another -o path") from None
     return path
 
 
-def export_mesh(mesh: ColoredMesh, path: str | os.PathLike) -> Path:
-    """Write GLB, PLY or OBJ (chosen by suffix) with vertex colours, atomically."""
-    path = check_output_path(path)
+def export_mesh(mesh: ColoredMesh, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write GLB, PLY or OBJ (chosen by suffix) with vertex colours, atomically; an existing file only with ``overwrite``."""
+    path = check_output_path(path, overwrite)
     suffix = path.suffix.lower()
     if len(mesh.faces) == 0:
         raise InputError("the reconstruction produced no surface (the SDF never crosses zero): check the views and the checkpoint")
@@ -61,5 +67,8 @@ def export_mesh(mesh: ColoredMesh, path: str | os.PathLike) -> Path:
     data = tm.export(file_type=suffix[1:], **options)
     if isinstance(data, str):
         data = data.encode()
-    atomic_write(path, data)
+    try:
+        atomic_write(path, data, overwrite)
+    except FileExistsError:
+        raise InputError(f"{path} appeared while the mesh was being made and was kept: pass --overwrite to replace it") from None
     return path

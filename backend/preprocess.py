@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .background import foreground_alpha, no_foreground, resolve_strategy
 from .errors import InputError
+from .exr import exr_size, is_exr, read_exr
 
 MAX_PIXELS = 100_000_000  # refuse larger images before decoding: a crafted header can ask for terabytes
 MAX_SIDE = 2048  # loaded images are downscaled to this; nothing downstream needs more
@@ -26,7 +27,8 @@ MIN_SIDE = 16  # smaller images cannot show an object
 WORK_SIDE = 512  # the reference thumbnails to this before segmentation
 OUTPUT_SIDE = 256
 OBJECT_FRACTION = 0.75  # the object's longer side as a fraction of the output frame
-EXR_MAGIC = b"\x76\x2f\x31\x01"
+MAX_EXR_PIXELS = 25_000_000  # OpenEXR decodes to 16 bytes a pixel before it can be reduced
+REDUCIBLE_MODES = ("L", "LA", "La", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr", "I", "F")
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
 
 
@@ -40,11 +42,14 @@ class PreparedInput:
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Any image file Pillow reads, as 8-bit RGBA, upright, at most 2048 px on the long side."""
+    """Any image file Pillow reads, or OpenEXR, as 8-bit RGBA, upright, at most 2048 px on the long side."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise InputError(f"{path} is empty (0 bytes): re-export or re-download the image")
+        if is_exr(path):
+            _check_size(exr_size(path), str(path), MAX_EXR_PIXELS)
+            return _normalise(read_exr(path, MAX_SIDE), str(path))
         with warnings.catch_warnings():
             # the size is checked below against MAX_PIXELS; Pillow's own error still applies beyond that
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -52,13 +57,18 @@ def load_image(path: str | os.PathLike) -> Image.Image:
                 _check_size(img.size, str(path))
                 img.draft(None, _fit_within(img.size, MAX_SIDE))  # JPEG decodes at 1/2..1/8 scale
                 img.load()
-                return _normalise(ImageOps.exif_transpose(img), str(path))
+                ImageOps.exif_transpose(img, in_place=True)
+                small = _reduced(img)
+                if small is None:
+                    return _normalise(img, str(path))
+                img.close()  # frees the full-size decode before the RGBA copy is made
+            return _normalise(small, str(path))
     except FileNotFoundError:
         raise InputError(f"{path} not found: check the image path") from None
     except Image.DecompressionBombError:
         raise InputError(f"{path} is too large: use an image under {MAX_PIXELS // 1_000_000} megapixels") from None
     except UnidentifiedImageError:
-        raise InputError(_unreadable_message(path)) from None
+        raise InputError(f"{path} is not an image that can be read (corrupt or unsupported format): save it as PNG or JPEG") from None
     except IsADirectoryError:
         raise InputError(f"{path} is a folder: pass an image file") from None
     except PermissionError:
@@ -108,12 +118,10 @@ def prepare_input(source: str | os.PathLike | Image.Image, strategy: str = "auto
     return prepare(source, strategy).image
 
 
-def _check_size(size: tuple[int, int], name: str) -> None:
+def _check_size(size: tuple[int, int], name: str, limit: int = MAX_PIXELS) -> None:
     w, h = size
-    if w * h > MAX_PIXELS:
-        raise InputError(
-            f"{name} is too large ({w}x{h}): use an image under {MAX_PIXELS // 1_000_000} megapixels"
-        )
+    if w * h > limit:
+        raise InputError(f"{name} is too large ({w}x{h}): use an image under {limit // 1_000_000} megapixels")
     if min(w, h) < MIN_SIDE:
         raise InputError(f"{name} is only {w}x{h} pixels: use an image at least {MIN_SIDE}x{MIN_SIDE}")
 
@@ -123,6 +131,16 @@ def _fit_within(size: tuple[int, int], limit: int) -> tuple[int, int]:
     w, h = size
     scale = min(1.0, limit / max(w, h))
     return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _reduced(img: Image.Image) -> Image.Image | None:
+    """An integer box-filter reduction, in the decoded mode, of an image at least twice MAX_SIDE; else None.
+
+    Cheaper in memory than converting the full-size decode to RGBA first. Palette and 16-bit modes
+    cannot be averaged this way and are left to ``_normalise``.
+    """
+    factor = max(img.size) // MAX_SIDE
+    return img.reduce(factor) if factor >= 2 and img.mode in REDUCIBLE_MODES else None
 
 
 def _normalise(img: Image.Image, name: str) -> Image.Image:
@@ -146,11 +164,3 @@ def _normalise(img: Image.Image, name: str) -> Image.Image:
             raise InputError(f"{name} uses colour mode {mode}, which cannot be converted: save it as RGB") from None
     rgba.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
     return rgba
-
-
-def _unreadable_message(path: Path) -> str:
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head == EXR_MAGIC:
-        return f"{path} is OpenEXR, which cannot be read here: save it as 16-bit PNG or TIFF"
-    return f"{path} is not an image that can be read (corrupt or unsupported format): save it as PNG or JPEG"

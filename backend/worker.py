@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from . import __version__, protocol
-from .errors import BackendError, CancelledError, InputError
+from .errors import BackendError, CancelledError, InputError, out_of_memory_advice
 from .files import atomic_write
 from .progress import ProgressCallback
 
@@ -38,8 +38,6 @@ MESH_FILE = "mesh.npz"
 VIEWS_FILE = "views.png"
 SHEET_TILE = 128
 SHEET_COLUMNS = 9
-OOM_MESSAGE = "the GPU ran out of memory: lower the mesh resolution or use the CPU device"
-RAM_MESSAGE = "the computer ran out of memory: lower the mesh resolution or close other programs"
 NO_GENERATOR = ("no view generator: choose a Zero123 / Zero123-XL diffusers folder (or convert zero123-xl.ckpt "
                 "with `python -m backend convert-zero123`)")
 
@@ -190,7 +188,7 @@ class Worker:
             final = {"type": "cancelled", "id": job.id}
         except Exception as exc:  # every failure becomes one reply; the worker lives on
             message, trace = describe_error(exc)
-            if message in (OOM_MESSAGE, RAM_MESSAGE):
+            if out_of_memory_advice(exc) is not None:
                 self._models.release()
             final = protocol.error_reply(job.id, message, trace)
         finally:
@@ -204,10 +202,9 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, BackendError):
         return _one_line(str(exc)) or type(exc).__name__, ""
     trace = "".join(traceback.format_exception(exc))
-    if type(exc).__name__ == "OutOfMemoryError" or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()):
-        return OOM_MESSAGE, trace
-    if isinstance(exc, MemoryError):
-        return RAM_MESSAGE, trace
+    advice = out_of_memory_advice(exc)
+    if advice is not None:
+        return advice, trace
     if isinstance(exc, ImportError):
         return f"missing Python package ({_one_line(str(exc))}): install the backend's requirements into {sys.executable}", trace
     return f"internal error: {type(exc).__name__}: {_one_line(str(exc))}", trace
@@ -304,11 +301,13 @@ def _image2mesh(job: dict, ctx: _JobContext) -> tuple[str, dict]:
 
     from .devices import resolve_device
     from .image_to_mesh import STAGE1_STEPS, STAGE2_STEPS, ImageToMeshPipeline
+    from .preprocess import prepare
 
     if job["zero123"] is None:
         raise InputError(NO_GENERATOR)
-    if not Path(job["image"]).is_file():
-        raise InputError(f"the image {job['image']} does not exist: choose an image file")
+    ctx.progress("preprocess", 0, 1)
+    prepared = prepare(job["image"])  # a bad image fails in a moment, before any model is loaded
+    ctx.progress("preprocess", 1, 1)
     device = resolve_device(job["device"])
     generator = ctx.models.generator(job["zero123"], device, ctx.progress)
     reconstruction = ctx.models.reconstruction(job["checkpoint"], device, ctx.progress)
@@ -317,7 +316,7 @@ def _image2mesh(job: dict, ctx: _JobContext) -> tuple[str, dict]:
     stage1, stage2 = (steps, max(2, round(steps * 2 / 3))) if steps else (STAGE1_STEPS, STAGE2_STEPS)
     torch.manual_seed(job["seed"])
     result = ImageToMeshPipeline(generator, reconstruction)(
-        job["image"], job["polar"], stage1, stage2, job["seed"], job["resolution"], job["views_dir"], ctx.progress)
+        prepared, job["polar"], stage1, stage2, job["seed"], job["resolution"], job["views_dir"], ctx.progress)
     ran = time.perf_counter()
     sheet = _contact_sheet([result.input_image, *result.views.values()])
     mesh, views = _write_result(result.mesh, sheet, ctx)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.machinery
+import os
 import struct
+import subprocess
 import sys
 import time
 import types
@@ -19,6 +21,7 @@ from backend.background import foreground_alpha, resolve_strategy
 from backend.errors import InputError
 from backend.preprocess import load_image, prepare, prepare_input, recentre
 
+REPO = Path(__file__).resolve().parents[1]
 SIZE = (400, 300)  # (width, height) of the synthetic scenes
 
 
@@ -258,6 +261,97 @@ def test_unicode_path_with_spaces(tmp_path: Path) -> None:
     check_output(prepare_input(str(path)))
 
 
+# ---------------------------------------------------------------- OpenEXR
+
+
+def write_exr(path: Path, rgba: np.ndarray, half: bool = False) -> None:
+    """A real OpenEXR file (RGBA float, as renderers write it) through OpenCV's encoder."""
+    os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
+    import cv2
+
+    params = [cv2.IMWRITE_EXR_TYPE, cv2.IMWRITE_EXR_TYPE_HALF] if half else []
+    assert cv2.imwrite(str(path), np.ascontiguousarray(rgba[..., [2, 1, 0, 3]], np.float32), params)
+
+
+def srgb8(linear: float) -> int:
+    return round((12.92 * linear if linear <= 0.0031308 else 1.055 * linear ** (1 / 2.4) - 0.055) * 255)
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["float", "half"])
+def test_openexr_render_is_read_as_srgb_with_straight_alpha(tmp_path: Path, half: bool) -> None:
+    coverage = scene_mask()
+    colour = np.array([0.2, 0.05, 0.5], np.float32)
+    premultiplied = np.dstack([colour * coverage[..., None], coverage])  # scene-linear, premultiplied
+    path = tmp_path / "render.exr"
+    write_exr(path, premultiplied, half)
+    arr = np.asarray(load_image(path)).astype(int)
+    assert arr.shape == (SIZE[1], SIZE[0], 4)
+    edge = (coverage > 0.2) & (coverage < 0.8)  # anti-aliased pixels: un-premultiplied to the full colour
+    for where in (coverage == 1.0, edge):
+        assert np.abs(arr[where][:, :3] - [srgb8(c) for c in colour]).max() <= 2
+    np.testing.assert_allclose(arr[..., 3], coverage * 255, atol=1.0)
+    result = prepare(path)
+    assert result.strategy == "alpha"
+    check_output(result.image)
+
+
+def test_openexr_without_alpha_and_with_overbright_values(tmp_path: Path) -> None:
+    rgb, mask = paint_object(plain((255, 255, 255)))
+    linear = (rgb.astype(np.float32) / 255.0) ** 2.2
+    linear[~mask] = 4.0  # a blown-out backdrop, brighter than white: clips to white
+    path = tmp_path / "noalpha.exr"
+    write_exr(path, np.dstack([linear, np.ones(mask.shape, np.float32)]))
+    arr = np.asarray(load_image(path))
+    assert (arr[~mask] == 255).all()
+    result = prepare(path)
+    assert result.strategy == "border" and iou(np.asarray(result.cutout.getchannel("A")) > 127, mask) > 0.9
+
+
+def test_openexr_declaring_a_huge_image_is_refused_before_decoding(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.exr"
+    write_exr(path, np.zeros((32, 32, 4), np.float32))
+    header = bytearray(path.read_bytes())
+    for name in (b"dataWindow", b"displayWindow"):
+        at = header.index(name + b"\0box2i\0") + len(name) + len(b"\0box2i\0") + 4
+        header[at : at + 16] = struct.pack("<4i", 0, 0, 29999, 29999)
+    path.write_bytes(bytes(header))
+    start = time.perf_counter()
+    with pytest.raises(InputError, match="bomb.exr is too large \\(30000x30000\\)"):
+        load_image(path)
+    assert time.perf_counter() - start < 1.0
+
+    truncated = tmp_path / "cut.exr"
+    write_exr(truncated, np.random.default_rng(0).random((64, 64, 4), np.float32))
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    with pytest.raises(InputError, match="cut.exr is an OpenEXR file OpenCV cannot decode"):
+        load_image(truncated)
+
+
+LARGE_PNG_PEAK = """
+import resource, sys
+from backend.preprocess import load_image
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+image = load_image(sys.argv[1])
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(image.size[0], image.size[1], (after - before) * 1024)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+def test_large_png_is_downscaled_without_a_full_size_rgba_copy(tmp_path: Path) -> None:
+    """Pillow holds 8000x6000 RGB in 192 MB (4 bytes a pixel); an RGBA copy before shrinking would double that."""
+    width, height = 8000, 6000
+    row = (np.arange(width) % 256).astype(np.uint8)
+    path = tmp_path / "large.png"
+    Image.fromarray(np.dstack([np.broadcast_to(row, (height, width))] * 3)).save(path, compress_level=1)
+    result = subprocess.run([sys.executable, "-c", LARGE_PNG_PEAK, str(path)], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    w, h, peak = (int(x) for x in result.stdout.split())
+    assert (w, h) == (2048, 1536)
+    assert peak < 1.25 * width * height * 4, f"loading took {peak / 1e6:.0f} MB more"
+
+
 # ---------------------------------------------------------------- bad files
 
 
@@ -309,7 +403,7 @@ def test_broken_files_name_the_file(tmp_path: Path) -> None:
 
     exr = tmp_path / "render.exr"
     exr.write_bytes(b"\x76\x2f\x31\x01" + bytes(60))
-    with pytest.raises(InputError, match="render.exr is OpenEXR"):
+    with pytest.raises(InputError, match="render.exr has a truncated or corrupt OpenEXR header"):
         load_image(exr)
 
     with pytest.raises(InputError, match="missing.png not found"):
