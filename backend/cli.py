@@ -12,13 +12,15 @@ from .progress import no_progress, stderr_progress
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
+    from .mesh import check_output_path, export_mesh
+
+    check_output_path(args.output, args.overwrite)  # before torch loads: a wrong -o fails at once
+
     import torch
 
-    from .mesh import check_output_path, export_mesh
     from .reconstruction import ReconstructionPipeline
     from .views import load_view_folder
 
-    check_output_path(args.output, args.overwrite)
     torch.manual_seed(args.seed)
     views = load_view_folder(args.views_dir)
     pipeline = ReconstructionPipeline.from_checkpoint(args.checkpoint, args.device, args.norm_statistics)
