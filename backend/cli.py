@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .devices import DEVICE_CHOICES
+from .devices import DEVICE_CHOICES, PRECISIONS
 from .errors import BackendError, out_of_memory_advice
 from .progress import no_progress, stderr_progress
 
@@ -44,6 +44,20 @@ def _convert_zero123(args: argparse.Namespace) -> None:
     print(f"wrote {result.out_dir} ({weights} UNet weights)", file=sys.stderr)
 
 
+def _image_pipeline(args: argparse.Namespace, device: object) -> tuple[object, int, int]:
+    """The image -> mesh pipeline and the two stages' step counts that ``image2mesh`` and ``batch`` share."""
+    from .devices import generation_dtype
+    from .generation.bundled import generator_folder
+    from .generation.zero123 import Zero123Generator
+    from .image_to_mesh import STAGE1_STEPS, STAGE2_STEPS, ImageToMeshPipeline
+    from .reconstruction import ReconstructionPipeline
+
+    generator = Zero123Generator.from_folder(generator_folder(args.zero123), device, generation_dtype(device, args.precision))
+    pipeline = ImageToMeshPipeline(generator, ReconstructionPipeline.from_checkpoint(args.checkpoint, str(device)))
+    stage1, stage2 = (args.steps, max(2, round(args.steps * 2 / 3))) if args.steps else (STAGE1_STEPS, STAGE2_STEPS)
+    return pipeline, stage1, stage2
+
+
 def _image2mesh(args: argparse.Namespace) -> None:
     from .mesh import check_output_path, export_mesh
     from .preprocess import prepare
@@ -51,30 +65,54 @@ def _image2mesh(args: argparse.Namespace) -> None:
     check_output_path(args.output, args.overwrite)
     prepared = prepare(args.image)  # a bad image fails in a moment, before torch and the models load
 
-    import torch
-
     from .devices import resolve_device
-    from .generation.bundled import generator_folder
-    from .generation.zero123 import Zero123Generator
-    from .image_to_mesh import STAGE1_STEPS, STAGE2_STEPS, ImageToMeshPipeline
-    from .reconstruction import ReconstructionPipeline
 
-    device = resolve_device(args.device)
-    dtype = torch.float16 if device.type == "cuda" and args.half else torch.float32
-    generator = Zero123Generator.from_folder(generator_folder(args.zero123), device, dtype)
-    pipeline = ImageToMeshPipeline(generator, ReconstructionPipeline.from_checkpoint(args.checkpoint, str(device)))
-    stage1, stage2 = (args.steps, max(2, round(args.steps * 2 / 3))) if args.steps else (STAGE1_STEPS, STAGE2_STEPS)
+    pipeline, stage1, stage2 = _image_pipeline(args, resolve_device(args.device))
     result = pipeline(prepared, args.polar, stage1, stage2, args.seed, args.resolution, args.views_dir, stderr_progress)
     export_mesh(result.mesh, args.output, args.overwrite)
     print(f"polar {result.polar:.1f} deg ({result.polar_source}); wrote {args.output} "
           f"({len(result.mesh.vertices)} vertices, {len(result.mesh.faces)} faces)", file=sys.stderr)
 
 
+def _batch(args: argparse.Namespace) -> None:
+    from .batch import BatchSummary, batch_images, run_batch
+    from .distributed import DistributedContext
+    from .mesh import check_output_path
+
+    images = batch_images(args.image_dir)
+    try:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackendError(f"cannot create the output folder {args.out_dir} ({exc.strerror or exc}): choose another -o folder") from None
+    check_output_path(args.out_dir / f"{images[0].stem}{args.format}", overwrite=True)  # a read-only folder fails now
+    context = DistributedContext.from_environment(args.device)
+    try:
+        pipeline, stage1, stage2 = _image_pipeline(args, context.device)
+
+        def make_mesh(path: Path) -> object:
+            views = args.out_dir / f"{path.stem}_views" if args.keep_views else None
+            return pipeline(path, args.polar, stage1, stage2, args.seed, args.resolution, views).mesh
+
+        def report(name: str, status: str) -> None:
+            print(f"[{context.rank}/{context.world_size}] {name} {status}", file=sys.stderr, flush=True)
+
+        summary = run_batch(images, args.out_dir, make_mesh, context.rank, context.world_size, args.format, args.overwrite, report)
+        total = BatchSummary()
+        for part in context.gather(summary):
+            total.merge(part)
+        if context.is_main:
+            print(total.report(), file=sys.stderr)
+        if total.failed:
+            raise SystemExit(1)
+    finally:
+        context.close()
+
+
 def _train(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from .models import ReconstructorConfig
-    from .training.distributed import DistributedContext
+    from .distributed import DistributedContext
     from .training.sources import MeshFolderSource, ProceduralSource
     from .training.trainer import Trainer, TrainConfig
 
@@ -182,24 +220,38 @@ def build_parser() -> argparse.ArgumentParser:
                            "e.g. the image_encoder/ of lambdalabs/sd-image-variations-diffusers")
     z123.set_defaults(run=_convert_zero123)
 
-    i2m = commands.add_parser("image2mesh", help="one image -> coloured mesh (Zero123 views + reconstruction)",
+    generation = argparse.ArgumentParser(add_help=False)
+    generation.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    generation.add_argument("--zero123", type=Path, default=None, metavar="DIR",
+                            help="Zero123 / Zero123-XL diffusers folder (default: the bundled small generator)")
+    generation.add_argument("--checkpoint", type=Path, default=None, help="reconstruction checkpoint (default: bundled)")
+    generation.add_argument("--polar", type=float, default=None, help="polar angle of the input view in degrees (default: estimated)")
+    generation.add_argument("--steps", type=int, default=None,
+                            help="DDIM steps of stage 1 (stage 2 uses 2/3 of it); default 75/50 as the reference")
+    generation.add_argument("--seed", type=int, default=0)
+    generation.add_argument("--resolution", type=int, default=256)
+    generation.add_argument("--device", default="auto")
+    generation.add_argument("--precision", choices=PRECISIONS, default="auto",
+                            help="view-generator arithmetic: auto = bf16 on CUDA (fp16 where bf16 is missing), fp32 elsewhere")
+
+    i2m = commands.add_parser("image2mesh", parents=[generation], help="one image -> coloured mesh (Zero123 views + reconstruction)",
                               description="One-2-3-45 end to end: cut out and recentre the object, generate 8 + 32 views with "
                                           "the frozen Zero123, reconstruct and export.")
     i2m.add_argument("image", type=Path, metavar="IMAGE")
     i2m.add_argument("-o", "--output", type=Path, required=True, help="mesh file: .glb, .ply or .obj")
-    i2m.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
-    i2m.add_argument("--zero123", type=Path, default=None, metavar="DIR",
-                     help="Zero123 / Zero123-XL diffusers folder (default: the bundled small generator)")
-    i2m.add_argument("--checkpoint", type=Path, default=None, help="reconstruction checkpoint (default: bundled)")
     i2m.add_argument("--views-dir", type=Path, default=None, help="keep the One-2-3-45 view folder here")
-    i2m.add_argument("--polar", type=float, default=None, help="polar angle of the input view in degrees (default: estimated)")
-    i2m.add_argument("--steps", type=int, default=None,
-                     help="DDIM steps of stage 1 (stage 2 uses 2/3 of it); default 75/50 as the reference")
-    i2m.add_argument("--seed", type=int, default=0)
-    i2m.add_argument("--resolution", type=int, default=256)
-    i2m.add_argument("--device", default="auto")
-    i2m.add_argument("--half", action="store_true", help="fp16 view generation on CUDA")
     i2m.set_defaults(run=_image2mesh)
+
+    bat = commands.add_parser("batch", parents=[generation], help="a folder of images -> one mesh each (resumable, torchrun-sharded)",
+                              description="image2mesh over every image of a folder. Meshes already there are skipped, so a re-run "
+                                          "resumes; each is written atomically. Under `torchrun --nproc_per_node N -m backend "
+                                          "batch ...` rank r takes every N-th image on its own GPU. Exit code 1 if any image failed.")
+    bat.add_argument("image_dir", type=Path, metavar="IMAGE_DIR")
+    bat.add_argument("-o", "--out-dir", type=Path, required=True, help="folder for the meshes (IMAGE_STEM.glb)")
+    bat.add_argument("--format", choices=(".glb", ".ply", ".obj"), default=".glb")
+    bat.add_argument("--keep-views", action="store_true", help="also keep each image's One-2-3-45 view folder")
+    bat.set_defaults(run=_batch)
+
     tr = commands.add_parser("train", help="train the reconstruction module (view generator frozen)",
                              description="Train the reconstruction network end to end; resumable, checkpoints in our safetensors format. "
                                          "Runs unchanged under `torchrun --nproc_per_node N -m backend train ...` "

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -30,3 +31,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name not in DEVICE_CHOICES and not name.startswith("cuda:"):
         raise BackendError(f"unknown device {name!r}: choose one of {', '.join(DEVICE_CHOICES)}")
     return torch.device(name)
+
+
+def generation_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """Arithmetic for the view generator: "auto" is bf16 on CUDA (fp16 on GPUs without bf16), fp32 elsewhere.
+
+    Half precision is refused off CUDA, where it is slow or unsupported.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise BackendError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision != "fp32" and device.type != "cuda":
+        raise BackendError(f"{precision} view generation needs a CUDA GPU: use --precision fp32 (or auto) on {device.type}")
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]

@@ -262,6 +262,7 @@ class _ModelCache:
         return self._reconstruction[1]
 
     def generator(self, folder: str, device: Any, progress: ProgressCallback) -> Any:
+        from .devices import generation_dtype
         from .generation.zero123 import Zero123Generator
 
         key = (_file_key(Path(folder)), str(device))
@@ -269,7 +270,7 @@ class _ModelCache:
             self._generator = None
             self._free()
             progress("loading view generator", 0, 1)
-            self._generator = (key, Zero123Generator.from_folder(folder, device))
+            self._generator = (key, Zero123Generator.from_folder(folder, device, generation_dtype(device)))
             progress("loading view generator", 1, 1)
         return self._generator[1]
 

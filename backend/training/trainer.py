@@ -25,7 +25,7 @@ from ..evaluation.curves import plot_training_curves
 from ..files import atomic_write
 from ..models import One2345Reconstructor, ReconstructorConfig
 from ..progress import ProgressCallback, no_progress
-from .distributed import DistributedContext
+from ..distributed import DistributedContext
 from .losses import LossWeights
 from .objective import ScheduleState, TrainingObjective
 from .run_log import LOG_FILE, RunLog

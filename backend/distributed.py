@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..devices import resolve_device
+from .devices import resolve_device
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,14 @@ class DistributedContext:
         tensor = torch.tensor([int(flag)], device=self.device)
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return bool(tensor.item())
+
+    def gather(self, value: object) -> list[object]:
+        """Every rank's ``value`` (our own plain data, between our own processes), in rank order."""
+        if not self.active:
+            return [value]
+        values: list[object] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
 
     def barrier(self) -> None:
         if self.active:
