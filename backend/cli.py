@@ -152,7 +152,7 @@ def _train_generator(args: argparse.Namespace) -> None:
     if device.type == "cuda":
         torch_backends_for_training()
     meshes = MeshFolderSource(args.meshes, args.up_axis) if args.meshes else None
-    trainer = GeneratorTrainer(config, args.out, device, meshes, resume=args.resume, workers=args.workers)
+    trainer = GeneratorTrainer(config, args.out, device, meshes, args.resume, args.workers, args.init_from)
     print(f"training the view generator from VAE step {trainer.vae_step}/{config.vae_steps}, UNet step "
           f"{trainer.step}/{config.steps} on {device}", file=sys.stderr)
     trainer.train(stderr_progress, stop_after=args.time_limit)
@@ -288,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--refresh-objects", type=int, default=8, help="new objects rendered every 100 steps (default 8)")
     tg.add_argument("--workers", type=int, default=0, help="loader processes building meshes (default 0 = in-process)")
     tg.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    tg.add_argument("--init-from", type=Path, default=None, metavar="DIR",
+                    help="skip the VAE phase and start the UNet phase from this generator folder (e.g. an exported "
+                         "view_generator whose run state is lost)")
     tg.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds")
     tg.add_argument("--tiny", action="store_true", help="a tiny model at 64 x 64 (smoke runs)")
     tg.add_argument("--device", default="auto")

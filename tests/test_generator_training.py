@@ -137,6 +137,20 @@ def test_export_loads_as_a_zero123_generator(straight_run: Path) -> None:
     assert views.shape == (2, 3, 64, 64) and torch.isfinite(views).all()
 
 
+def test_unet_phase_starts_from_an_exported_folder(straight_run: Path, tmp_path: Path) -> None:
+    folder = straight_run / EXPORT_DIR
+    trainer = GeneratorTrainer(TINY, tmp_path / "again", CPU, init_from=folder)
+    assert (trainer.phase, trainer.vae_step, trainer.step) == ("unet", TINY.vae_steps, 0)
+    exported = load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+    for key, value in exported.items():
+        torch.testing.assert_close(trainer.networks.unet.state_dict()[key], value.float())
+    trainer.train(stop_at=TINY.vae_steps + 1)
+    assert [r["phase"] for r in _log(tmp_path / "again")] == ["unet"]
+    with pytest.raises(CheckpointError, match="network sizes"):
+        GeneratorTrainer(replace(TINY, model=replace(TINY_GENERATOR, embedding_dim=16)), tmp_path / "other", CPU,
+                         init_from=folder)
+
+
 def test_cli_trains_a_tiny_generator(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = ["train-generator", "--out", str(out), "--tiny", "--steps-vae", "1", "--steps", "1", "--objects", "1",

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save
 
+from ..errors import CheckpointError
 from ..files import atomic_write
 from ..progress import ProgressCallback, no_progress
 from ..training.sources import MeshFolderSource, ProceduralSource
@@ -37,7 +38,7 @@ from ..training.trainer import _flatten_optimizer, _unflatten_optimizer
 from .ddim import NoiseSchedule
 from .small_model import GeneratorNetworks, SmallGeneratorConfig
 from .view_bank import RigObjects, ViewBank, ViewPairs, image_batch
-from .zero123 import clip_pixels
+from .zero123 import Zero123Generator, clip_pixels
 
 STATE_WEIGHTS = "training_state.safetensors"
 STATE_META = "training_state.json"
@@ -98,7 +99,11 @@ def conditioned_inputs(noisy: torch.Tensor, cond_latent: torch.Tensor, token: to
 
 class GeneratorTrainer:
     def __init__(self, config: GeneratorTrainConfig, out_dir: str | Path, device: torch.device,
-                 meshes: MeshFolderSource | None = None, resume: bool = False, workers: int = 0) -> None:
+                 meshes: MeshFolderSource | None = None, resume: bool = False, workers: int = 0,
+                 init_from: Path | None = None) -> None:
+        """``resume`` continues the run in ``out_dir`` exactly; otherwise ``init_from`` (a generator folder of the same
+        sizes) skips the VAE phase and starts the UNet phase from its weights, e.g. to go on from an exported folder
+        when the run's own state is lost."""
         self.config = config
         self.out_dir = Path(out_dir)
         self.device = device
@@ -119,6 +124,8 @@ class GeneratorTrainer:
         self._set_phase(VAE)
         if meta:
             self._load_state(meta)
+        elif init_from is not None:
+            self._load_generator(Path(init_from))
 
     # -- state -----------------------------------------------------------------------------------------------
 
@@ -150,6 +157,20 @@ class GeneratorTrainer:
             self.ema = [tensors[f"ema.{name}"] for name in names]
         optimizer = {k[len("optimizer."):]: v for k, v in tensors.items() if k.startswith("optimizer.")}
         self.optimizer.load_state_dict(_unflatten_optimizer(optimizer, meta["optimizer"]))
+
+    def _load_generator(self, folder: Path) -> None:
+        generator = Zero123Generator.from_folder(folder)
+        parts = {"unet": generator.unet, "vae": generator.vae, "image_encoder": generator.image_encoder,
+                 "projection": generator.projection}
+        state = {f"{name}.{k}": v for name, part in parts.items() for k, v in part.state_dict().items()}
+        try:
+            self.networks.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{folder} does not have this run's network sizes ({' '.join(str(exc).split())[:200]}): "
+                                  "pass --tiny exactly when the folder was trained with it") from None
+        self.networks.vae.register_to_config(scaling_factor=generator.vae.config.scaling_factor)
+        self.vae_step = self.config.vae_steps
+        self._set_phase(UNET)
 
     def save(self, metrics: dict | None = None) -> None:
         """Checkpoint (weights, EMA, optimizer, counters); in the UNet phase also the exported generator folder."""
