@@ -108,7 +108,7 @@ def test_both_phases_reduce_their_loss(tmp_path: Path) -> None:
 
 def _log(run: Path) -> list[dict]:
     records = [json.loads(line) for line in (run / LOG_FILE).read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("elapsed", "steps_per_s")} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("elapsed", "steps_per_s", "refresh_s")} for r in records]
 
 
 def test_resume_repeats_the_uninterrupted_run(straight_run: Path, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save
 
 from ..cameras import STAGE2_DELTAS, rig_c2ws, view_angles
 from ..files import atomic_write
+from ..progress import ProgressCallback, no_progress
 from ..training.procedural import LONGEST_SIDE
 from ..training.samples import NUM_STAGE1, SceneObject, render_views
 from ..training.sources import MeshFolderSource, ProceduralSource
@@ -126,7 +127,7 @@ class ViewBank:
         stage1, stage2 = schedule_pairs()
         self._stage1, self._stage2 = stage1.to(device), stage2.to(device)
 
-    def load(self, made: int) -> None:
+    def load(self, made: int, progress: ProgressCallback = no_progress) -> None:
         """Hold objects ``made - capacity .. made - 1``: from the cache where rendered before, else rendered now."""
         if made < self.capacity:
             raise ValueError(f"a bank of {self.capacity} objects needs at least that many objects, not {made}")
@@ -138,14 +139,16 @@ class ViewBank:
                 if not stale.stem.isdigit() or int(stale.stem) not in wanted:
                     stale.unlink()
         missing = []
-        for index in wanted:
+        for done, index in enumerate(wanted):
             cached = self._read_cache(index)
             if cached is None:
                 missing.append(index)
             else:
                 self._put(index, cached)
-        for index, (obj, polar) in zip(missing, self._loader(missing)):
+            progress("load-views", done + 1, self.capacity)
+        for done, (index, (obj, polar)) in enumerate(zip(missing, self._loader(missing))):
             self._put(index, self._render(index, obj, polar))
+            progress("render-views", done + 1, len(missing))
         self._stream = None
 
     def add(self, count: int) -> None:
