@@ -13,8 +13,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import torch
 from .errors import CheckpointError
 from .files import atomic_write
 from .models import One2345Reconstructor, ReconstructorConfig
+from .pickled import load_tensors_only
 
 OFFICIAL_MODULES = ("pyramid_feature_network", "sdf_network_lod0", "rendering_network_lod0", "variance_network_lod0")
 WEIGHTS_FILE = "model.safetensors"
@@ -46,15 +45,7 @@ class CheckpointInfo:
 
 
 def _read_official(path: Path) -> tuple[dict[str, torch.Tensor], int | None]:
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path.name} was refused: it needs arbitrary unpickling, which could run code hidden in the file "
-            f"({str(exc).splitlines()[0][:160]}). Use the official ckpt_215000.pth or one of our safetensors checkpoints"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:160]}): re-download it") from None
+    raw = load_tensors_only(path, "use the official ckpt_215000.pth or one of our safetensors checkpoints")
     if not isinstance(raw, dict) or not any(m in raw for m in OFFICIAL_MODULES):
         raise CheckpointError(f"{path.name} is not a One-2-3-45 reconstruction checkpoint: it has none of {', '.join(OFFICIAL_MODULES)}")
     state = {}
@@ -123,12 +114,13 @@ def load_reconstructor(path: str | os.PathLike | None = None) -> tuple[One2345Re
         path = path.parent
     if path.is_dir():
         state, info = _read_own(path)
-        model = One2345Reconstructor(info.config)
+        source = f"{path / WEIGHTS_FILE} (network sizes from {CONFIG_FILE})"
     else:
         state, step = _read_official(path)
         info = CheckpointInfo(path.stem, ReconstructorConfig(), step, {"source": "official One-2-3-45", "file": path.name})
-        model = One2345Reconstructor(info.config)
-    _load_into(model, state, str(path))
+        source = str(path)
+    model = One2345Reconstructor(info.config)
+    _load_into(model, state, source)
     return model, info
 
 

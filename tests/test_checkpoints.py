@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from backend.checkpoints import CONFIG_FILE, WEIGHTS_FILE, load_reconstructor, save_checkpoint
 from backend.errors import CheckpointError
@@ -127,7 +128,7 @@ def test_config_that_lies_about_shapes_is_rejected(tmp_path: Path) -> None:
     meta = json.loads((folder / CONFIG_FILE).read_text())
     meta["config"]["sdf_hidden"] = 64
     (folder / CONFIG_FILE).write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="wrong shape"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors \(network sizes from config\.json\) does not fit .*wrong shape"):
         load_reconstructor(folder)
 
 
@@ -136,6 +137,20 @@ def test_checkpoint_of_another_architecture_is_rejected(tmp_path: Path) -> None:
     torch.save({"state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 8, 3, 3)}}, path)
     with pytest.raises(CheckpointError, match="not a One-2-3-45 reconstruction checkpoint"):
         load_reconstructor(path)
+
+
+def test_folder_of_another_architecture_is_rejected_naming_the_file(tmp_path: Path) -> None:
+    folder = save_checkpoint(tmp_path / "ckpt", One2345Reconstructor(), step=10)
+    config = folder / CONFIG_FILE
+    meta = json.loads(config.read_text())
+    config.write_text(json.dumps({**meta, "config": {**meta["config"], "architecture": "zero123-unet"}}))
+    with pytest.raises(CheckpointError, match=r"config\.json is not a valid checkpoint config \(architecture 'zero123-unet'"):
+        load_reconstructor(folder)
+
+    config.write_text(json.dumps(meta))
+    save_file({"conv_in.weight": torch.zeros(32, 8, 3, 3), "conv_in.bias": torch.zeros(32)}, folder / WEIGHTS_FILE)  # a UNet's
+    with pytest.raises(CheckpointError, match=r"model\.safetensors .* does not fit .*missing: .*unexpected: conv_in\.bias"):
+        load_reconstructor(folder)
 
 
 def test_cli_error_is_one_line_and_nonzero(tmp_path: Path) -> None:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import importlib.machinery
-import os
 import struct
 import subprocess
 import sys
 import time
 import types
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,8 @@ from backend import background
 from backend.background import foreground_alpha, resolve_strategy
 from backend.errors import InputError
 from backend.preprocess import load_image, prepare, prepare_input, recentre
+
+from .bad_images import bomb_png, write_bad_images, write_exr
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (400, 300)  # (width, height) of the synthetic scenes
@@ -264,15 +264,6 @@ def test_unicode_path_with_spaces(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- OpenEXR
 
 
-def write_exr(path: Path, rgba: np.ndarray, half: bool = False) -> None:
-    """A real OpenEXR file (RGBA float, as renderers write it) through OpenCV's encoder."""
-    os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
-    import cv2
-
-    params = [cv2.IMWRITE_EXR_TYPE, cv2.IMWRITE_EXR_TYPE_HALF] if half else []
-    assert cv2.imwrite(str(path), np.ascontiguousarray(rgba[..., [2, 1, 0, 3]], np.float32), params)
-
-
 def srgb8(linear: float) -> int:
     return round((12.92 * linear if linear <= 0.0031308 else 1.055 * linear ** (1 / 2.4) - 0.055) * 255)
 
@@ -355,21 +346,6 @@ def test_large_png_is_downscaled_without_a_full_size_rgba_copy(tmp_path: Path) -
 # ---------------------------------------------------------------- bad files
 
 
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A valid PNG signature and IHDR declaring a huge image, with a tiny IDAT."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", ihdr)
-        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + png_chunk(b"IEND", b"")
-    )
-
-
 @pytest.mark.parametrize("pillow_limit", ["default", "disabled"])
 def test_decompression_bomb_is_refused_quickly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pillow_limit: str) -> None:
     if pillow_limit == "disabled":  # another library may have switched Pillow's guard off
@@ -382,41 +358,21 @@ def test_decompression_bomb_is_refused_quickly(tmp_path: Path, monkeypatch: pyte
     assert time.perf_counter() - start < 1.0
 
 
-def test_broken_files_name_the_file(tmp_path: Path) -> None:
-    empty = tmp_path / "zero.png"
-    empty.write_bytes(b"")
-    with pytest.raises(InputError, match="zero.png is empty"):
-        load_image(empty)
-
-    rgb, _ = paint_object(plain((255, 255, 255)))
-    good = tmp_path / "good.png"
-    Image.fromarray(rgb).save(good)
-    truncated = tmp_path / "truncated.png"
-    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(InputError, match="truncated.png"):
-        load_image(truncated)
-
-    noise = tmp_path / "noise.png"
-    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    with pytest.raises(InputError, match="noise.png is not an image"):
-        load_image(noise)
+def test_every_bad_image_is_one_error_naming_the_file(tmp_path: Path) -> None:
+    for path, expected in write_bad_images(tmp_path / "bad ü").items():
+        with pytest.raises(InputError) as exc:
+            prepare(path)
+        message = str(exc.value)
+        assert str(path) in message and expected in message and "\n" not in message, message
 
     exr = tmp_path / "render.exr"
     exr.write_bytes(b"\x76\x2f\x31\x01" + bytes(60))
     with pytest.raises(InputError, match="render.exr has a truncated or corrupt OpenEXR header"):
         load_image(exr)
-
     with pytest.raises(InputError, match="missing.png not found"):
         load_image(tmp_path / "missing.png")
     with pytest.raises(InputError, match="is a folder"):
         load_image(tmp_path)
-
-
-def test_tiny_image_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "dot.png"
-    Image.new("RGB", (1, 1), (255, 0, 0)).save(path)
-    with pytest.raises(InputError, match="dot.png is only 1x1 pixels"):
-        load_image(path)
     with pytest.raises(InputError, match="only 1x1 pixels"):
         prepare_input(Image.new("RGB", (1, 1)))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -13,6 +14,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers/transformers read it: not
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors.torch import load_file
 
 from backend.cameras import relative_pose_vector
 from backend.errors import CancelledError, CheckpointError, InputError
@@ -245,6 +247,39 @@ def test_missing_weights_file_names_it(folder: Path, tmp_path: Path):
     copy = _broken_copy(folder, tmp_path)
     (copy / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"vae.diffusion_pytorch_model\.safetensors is missing.*bennyguo"):
+        Zero123Generator.from_folder(copy)
+
+
+def test_pickled_weights_with_a_code_payload_are_refused_naming_the_file(folder: Path, tmp_path: Path):
+    copy = _broken_copy(folder, tmp_path)
+    safetensors = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(safetensors)
+    safetensors.unlink()
+    marker = tmp_path / "ran.txt"
+    torch.save({**state, "extra": _Payload(marker)}, copy / "unet" / "diffusion_pytorch_model.bin")  # the older .bin layout
+    with pytest.raises(CheckpointError, match=r"unet.diffusion_pytorch_model\.bin was refused: .*GLOBAL (builtins\.)?exec\b"):
+        Zero123Generator.from_folder(copy)
+    assert not marker.exists()
+
+
+def test_config_that_lies_about_sizes_names_the_weights_and_the_config(folder: Path, tmp_path: Path):
+    copy = _broken_copy(folder, tmp_path)
+    config_path = copy / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["block_out_channels"] = [2 * c for c in config["block_out_channels"]]
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"unet.diffusion_pytorch_model\.safetensors cannot be loaded .*does not "
+                                              r"match .*unet.config\.json"):
+        Zero123Generator.from_folder(copy)
+
+
+def test_unet_of_another_architecture_is_refused(folder: Path, tmp_path: Path):
+    """A Stable Diffusion UNet (4 input channels: no concatenated image latent) where Zero123's belongs."""
+    copy = _broken_copy(folder, tmp_path)
+    shutil.rmtree(copy / "unet")
+    torch.manual_seed(0)
+    UNet2DConditionModel(**{**TINY.unet_config(), "in_channels": 4}).save_pretrained(copy / "unet")
+    with pytest.raises(CheckpointError, match="do not fit together .*the UNet maps 4 -> 4 channels, Zero123 needs 8 -> 4"):
         Zero123Generator.from_folder(copy)
 
 

@@ -9,8 +9,6 @@ comes from a local transformers folder.
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, con
 from transformers import CLIPVisionModelWithProjection
 
 from ..errors import CheckpointError
+from ..pickled import load_tensors_only
 from .projection import CameraProjection
 from .zero123 import TRANSFORMERS_WEIGHTS, Zero123Generator, ensure_new_folder, load_component
 
@@ -144,15 +143,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The ckpt's ``state_dict``, loaded without running any code stored in the file."""
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist: {CKPT_HOW_TO_GET}")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path.name} was refused: it needs arbitrary unpickling, which could run code hidden in the file "
-            f"({str(exc).strip().splitlines()[0][:160]}); {CKPT_HOW_TO_GET}") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({str(exc).strip().splitlines()[0][:160]}): "
-                              f"{CKPT_HOW_TO_GET}") from None
+    raw = load_tensors_only(path, CKPT_HOW_TO_GET)
     state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path.name} holds no state_dict: it is not a Zero123 Lightning checkpoint")

@@ -9,7 +9,6 @@ write ``cc_projection/`` with ``projection.*`` keys.
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CheckpointError
+from ..pickled import load_tensors_only
 
 POSE_DIM = 4
 FOLDER_NAMES = ("cc_projection", "clip_camera_projection")
@@ -64,14 +64,14 @@ def load_projection(folder: Path, how_to_get: str) -> CameraProjection:
     path = next((folder / name for name in WEIGHT_NAMES if (folder / name).is_file()), None)
     if path is None:
         raise CheckpointError(f"{folder / WEIGHT_NAMES[0]} is missing: {how_to_get}")
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix != ".safetensors":
+        tensors = load_tensors_only(path, how_to_get)
+    else:
+        try:
             tensors = load_file(path)
-        else:
-            tensors = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path} cannot be read ({str(exc).splitlines()[0][:160]}): it is truncated, unsafe "
-                              f"or not a weights file; {how_to_get}") from None
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path} cannot be read ({str(exc).splitlines()[0][:160]}): it is truncated or not a "
+                                  f"weights file; {how_to_get}") from None
     if not isinstance(tensors, dict):
         raise CheckpointError(f"{path} is not a state dict: {how_to_get}")
     for prefix in KEY_PREFIXES:

@@ -26,6 +26,7 @@ from transformers import CLIPVisionModelWithProjection
 
 from ..cameras import relative_pose_vector
 from ..errors import BackendError, CheckpointError, InputError
+from ..pickled import load_tensors_only
 from ..progress import ProgressCallback, no_progress
 from .ddim import NoiseSchedule, ddim_step, ddim_timesteps
 from .projection import CameraProjection, load_projection, projection_folder, save_projection
@@ -222,6 +223,8 @@ def load_component(model_cls: type, folder: Path, weight_names: tuple[str, ...],
     weights = next((folder / name for name in weight_names if (folder / name).is_file()), None)
     if weights is None:
         raise CheckpointError(f"{folder / weight_names[0]} is missing: {how_to_get}")
+    if weights.suffix == ".bin":  # a pickle: refused here by name, where from_pretrained would only say it failed
+        load_tensors_only(weights, how_to_get)
     try:
         model, info = model_cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True, **kwargs)
     except LOAD_ERRORS as exc:
