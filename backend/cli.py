@@ -118,6 +118,7 @@ def _train(args: argparse.Namespace) -> None:
 
     source = ProceduralSource() if args.data == "procedural" else MeshFolderSource(args.data, args.up_axis)
     config = TrainConfig(steps=args.steps, seed=args.seed, batch=args.batch, rays=args.rays, checkpoint_every=args.checkpoint_every,
+                         generated_fraction=args.generated_fraction, generator_steps=args.generator_steps,
                          model=ReconstructorConfig(volume_resolution=args.volume_resolution))
     if args.short_schedule:
         config = replace(config, anneal_steps=args.steps // 8, sparseness_ramp_steps=args.steps // 4, mask_start=args.steps // 4)
@@ -125,7 +126,16 @@ def _train(args: argparse.Namespace) -> None:
     try:
         if context.device.type == "cuda":
             torch_backends_for_training()
-        trainer = Trainer(config, source, args.out, context.device, resume=args.resume, context=context)
+        view_generator = None
+        if args.generated_fraction > 0:
+            from .devices import generation_dtype
+            from .generation.bundled import generator_folder
+            from .generation.zero123 import Zero123Generator
+
+            view_generator = Zero123Generator.from_folder(generator_folder(args.generator), context.device,
+                                                          generation_dtype(context.device))
+        trainer = Trainer(config, source, args.out, context.device, resume=args.resume, context=context,
+                          view_generator=view_generator, init_from=args.init_from)
         if context.is_main:
             print(f"training from step {trainer.step} to {config.steps} on {context.world_size} x {context.device.type}, "
                   f"{config.batch} object(s) per step", file=sys.stderr)
@@ -260,12 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--up-axis", choices=("z", "y"), default="z", help="up axis of the meshes in --data (default z)")
     tr.add_argument("--out", type=Path, required=True, help="run folder; it is also a selectable checkpoint")
     tr.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    tr.add_argument("--init-from", type=Path, default=None, metavar="CHECKPOINT",
+                    help="start from this checkpoint's weights at step 0 (fine-tuning; e.g. backend/weights/reconstructor)")
     tr.add_argument("--steps", type=int, default=20_000)
     tr.add_argument("--batch", type=int, default=1,
                     help="objects per step over all processes (default 1); under torchrun each process takes batch / N")
     tr.add_argument("--rays", type=int, default=512, help="rays per object and step (default 512)")
     tr.add_argument("--volume-resolution", type=int, default=96, help="feature volume size (96 = the released model)")
     tr.add_argument("--checkpoint-every", type=int, default=500)
+    tr.add_argument("--generated-fraction", type=float, default=0.0,
+                    help="share of samples whose 32 source views the frozen view generator makes from the ground-truth "
+                         "stage-1 renders (One-2-3-45's mixed training; default 0 = ground-truth sources only)")
+    tr.add_argument("--generator", type=Path, default=None, metavar="DIR",
+                    help="view generator for --generated-fraction: a Zero123 diffusers folder (default: the bundled one)")
+    tr.add_argument("--generator-steps", type=int, default=20, help="sampler steps of the generated sources (default 20)")
     tr.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds")
     tr.add_argument("--short-schedule", action="store_true", help="scale the anneal/ramp/mask warm-ups to --steps")
     tr.add_argument("--workers", type=int, default=0, help="data-loader processes rendering samples (default 0 = in-process)")

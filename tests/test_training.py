@@ -78,3 +78,25 @@ def test_mesh_folder_source(shared_meshes: Path, tmp_path: Path) -> None:
     obj = source.object(0, torch.device("cpu"))
     assert obj.vertices.abs().max() <= 0.75 and obj.colors.shape == obj.vertices.shape and obj.sdf is None
     assert source.describe()["count"] == 1
+
+
+def test_mixed_training_takes_sources_from_the_frozen_generator(tmp_path: Path) -> None:
+    """generated_fraction 1: every sample's 32 sources are the generator's views of its 8 stage-1 renders."""
+    from backend.cameras import STAGE2_DELTAS
+
+    from .tiny_zero123 import tiny_generator
+
+    generator = tiny_generator(seed=0)
+    config = TrainConfig(steps=1, generated_fraction=1.0, generator_steps=2, **TINY)
+    sample = make_sample(ProceduralSource(40).object(5, torch.device("cpu")), np.random.default_rng(1), sdf_points=256, with_stage1=True)
+    assert sample.stage1_images.shape == (8, 3, 256, 256) and sample.images.shape == (32, 3, 256, 256)
+    trainer = Trainer(config, ProceduralSource(40), tmp_path / "mixed", torch.device("cpu"), view_generator=generator)
+    mixed = trainer._with_sources(sample)
+    expected = generator.generate(sample.stage1_images.repeat_interleave(4, dim=0), list(STAGE2_DELTAS) * 8, 2, seed=sample.seed)
+    torch.testing.assert_close(mixed.images, expected)
+    assert not torch.equal(mixed.images, sample.images) and torch.equal(mixed.target_rgb, sample.target_rgb)
+    trainer.train()
+    _, info = load_reconstructor(tmp_path / "mixed")
+    assert info.step == 1 and info.provenance["train_config"]["generated_fraction"] == 1.0
+    with pytest.raises(ValueError, match="no view generator"):
+        Trainer(config, ProceduralSource(40), tmp_path / "none", torch.device("cpu"))

@@ -99,6 +99,7 @@ class Zero123Generator:
         self.dtype = dtype
         self.sampler = sampler
         self.unet, self.vae, self.image_encoder, self.projection = unet, vae, image_encoder, projection
+        self.folder: Path | None = None  # where from_folder loaded it, for provenance
         for module in (unet, vae, image_encoder, projection):
             module.to(self.device).eval().requires_grad_(False)
             if next(module.parameters()).dtype != dtype:  # diffusers warns on any dtype cast, so cast only when needed
@@ -126,7 +127,9 @@ class Zero123Generator:
         folder = projection_folder(root)
         if folder is None:
             raise CheckpointError(f"{root / 'cc_projection'} is missing (the camera projection): {HOW_TO_GET}")
-        return cls(unet, vae, image_encoder, load_projection(folder, HOW_TO_GET), device, dtype, sampler)
+        generator = cls(unet, vae, image_encoder, load_projection(folder, HOW_TO_GET), device, dtype, sampler)
+        generator.folder = root
+        return generator
 
     def save_folder(self, path: Path | str) -> None:
         """Write the diffusers layout ``from_folder`` reads (kxic's model_index, so diffusers' community pipeline loads it too).

@@ -45,6 +45,7 @@ class TrainingSample:
     intrinsics: torch.Tensor  # (3, 3)
     sdf_points: torch.Tensor | None = None  # (M, 3) normalised points with known SDF
     sdf_values: torch.Tensor | None = None  # (M,) SDF in normalised units
+    stage1_images: torch.Tensor | None = None  # (8, 3, H, W) the rig's stage-1 renders, for generated sources
     seed: int = 0  # for the step's own random draws (rays, stratification) on the training device
 
     def to(self, device: torch.device) -> "TrainingSample":
@@ -71,8 +72,12 @@ def make_sample(
     rng: np.random.Generator,
     polar_range: tuple[float, float] = (45.0, 120.0),
     sdf_points: int = 4096,
+    with_stage1: bool = False,
 ) -> TrainingSample:
-    """Render the rig for a random input polar angle and build the sample in a random stage-1 view's frame."""
+    """Render the rig for a random input polar angle and build the sample in a random stage-1 view's frame.
+
+    ``with_stage1`` also keeps all 8 stage-1 renders, from which a view generator can make the sources.
+    """
     device = obj.vertices.device
     poses = rig_c2ws(float(rng.uniform(*polar_range)))
     names = list(poses)
@@ -81,7 +86,11 @@ def make_sample(
     reference, target = rng.integers(NUM_STAGE1, size=2)
     frame = ReconstructionFrame.from_cameras(stage1[reference], sources, INTRINSICS, NEAR_FAR, (IMAGE_SIZE, IMAGE_SIZE))
 
-    rgb, depth = render_views(obj, np.concatenate([sources, stage1[target : target + 1]]))
+    rendered = np.concatenate([sources, stage1 if with_stage1 else stage1[target : target + 1]])
+    rgb, depth = render_views(obj, rendered)
+    if with_stage1:
+        stage1_rgb = rgb[len(sources):]
+        rgb, depth = torch.cat([rgb[: len(sources)], stage1_rgb[target : target + 1]]), torch.cat([depth[: len(sources)], depth[len(sources) + target :][:1]])
     projections, centres = frame.source_cameras(sources)
 
     def tensor(a: np.ndarray) -> torch.Tensor:
@@ -98,6 +107,7 @@ def make_sample(
         target_depth=depth[-1] / frame.radius,
         target_c2w=tensor(target_c2w),
         intrinsics=tensor(INTRINSICS),
+        stage1_images=stage1_rgb.permute(0, 3, 1, 2).contiguous() if with_stage1 else None,
     )
     if obj.sdf is not None and sdf_points > 0:
         half = sdf_points // 2

@@ -14,15 +14,17 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..cameras import STAGE2_DELTAS
 from ..checkpoints import load_reconstructor, save_checkpoint
 from ..evaluation.curves import plot_training_curves
 from ..files import atomic_write
+from ..generation.base import ViewGenerator
 from ..models import One2345Reconstructor, ReconstructorConfig
 from ..progress import ProgressCallback, no_progress
 from ..distributed import DistributedContext
@@ -51,6 +53,8 @@ class TrainConfig:
     sparseness_ramp_steps: int = 5_000  # reference: 50k
     mask_start: int = 5_000  # reference: 50k
     polar_range: tuple[float, float] = (45.0, 120.0)
+    generated_fraction: float = 0.0  # share of samples whose 32 sources come from the frozen view generator
+    generator_steps: int = 20  # its sampler steps when it makes them
     checkpoint_every: int = 500
     log_every: int = 10
     seed: int = 0
@@ -108,7 +112,7 @@ class StepSamples(torch.utils.data.Dataset):
         torch.set_num_threads(1)
         rng = np.random.default_rng([self.config.seed, index])
         obj = self.source.object(int(rng.integers(2**31)), torch.device("cpu"))
-        return make_sample(obj, rng, self.config.polar_range, self.config.sdf_points)
+        return make_sample(obj, rng, self.config.polar_range, self.config.sdf_points, with_stage1=self.config.generated_fraction > 0)
 
 
 class Trainer:
@@ -120,18 +124,24 @@ class Trainer:
         device: torch.device,
         resume: bool = False,
         context: DistributedContext | None = None,
+        view_generator: ViewGenerator | None = None,
+        init_from: str | Path | None = None,
     ) -> None:
+        """``init_from`` starts a new run (step 0, fresh optimizer) from a checkpoint's weights: fine-tuning."""
         self.context = context or DistributedContext(0, 1, device)
         if config.batch % self.context.world_size:
             raise ValueError(f"--batch {config.batch} does not split evenly over {self.context.world_size} processes")
+        if config.generated_fraction > 0 and view_generator is None:
+            raise ValueError("generated sources were asked for (generated_fraction > 0) but no view generator was given")
         self.config = config
         self.source = source
+        self.view_generator = view_generator
         self.out_dir = Path(out_dir)
         self.device = device
         self.step = 0
         resuming = resume and (self.out_dir / STATE_META).is_file()
-        if resuming:
-            model, _ = load_reconstructor(self.out_dir)
+        if resuming or init_from is not None:
+            model, _ = load_reconstructor(self.out_dir if resuming else init_from)
         else:
             torch.manual_seed(config.seed)
             model = One2345Reconstructor(config.model)
@@ -160,7 +170,9 @@ class Trainer:
         if not self.context.is_main:
             return
         provenance = {"trainer": "backend.training", "data": self.source.describe(), "train_config": self.config.to_dict(),
-                      "processes": self.context.world_size}
+                      "processes": self.context.world_size,
+                      "view_generator": str(getattr(self.view_generator, "folder", None) or type(self.view_generator).__name__)
+                      if self.view_generator else None}
         save_checkpoint(self.out_dir, self.model, step=self.step, provenance=provenance, metrics=metrics or {})
         tensors, meta = _flatten_optimizer(self.optimizer.state_dict())
         atomic_write(self.out_dir / STATE_WEIGHTS, save(tensors))
@@ -179,7 +191,7 @@ class Trainer:
             last = i == len(samples) - 1
             sync = contextlib.nullcontext() if last or not self.context.active else self.objective.no_sync()
             with sync:
-                losses = self.objective(sample.to(self.device), schedule)
+                losses = self.objective(self._with_sources(sample.to(self.device)), schedule)
                 (losses["total"] / len(samples)).backward()
             for name, value in losses.items():
                 totals[name] = totals.get(name, 0) + value.detach() / len(samples)
@@ -190,6 +202,20 @@ class Trainer:
         record["grad_norm"] = float(grad_norm)
         record["inv_std"] = float(self.model.variance_network_lod0.inv_std().detach())
         return self.context.mean(record)
+
+    def _with_sources(self, sample: TrainingSample) -> TrainingSample:
+        """One-2-3-45's mixed training: for a seeded share of samples the frozen generator makes the 32 sources.
+
+        Each stage-1 render conditions its 4 nearby views, exactly as at inference; poses stay the rig's, and
+        the supervised target stays the ground-truth render.
+        """
+        fraction = self.config.generated_fraction
+        if fraction <= 0 or sample.stage1_images is None or np.random.default_rng(sample.seed).random() >= fraction:
+            return sample
+        conditions = sample.stage1_images.repeat_interleave(len(STAGE2_DELTAS), dim=0)
+        generated = self.view_generator.generate(conditions, list(STAGE2_DELTAS) * len(sample.stage1_images),
+                                                 self.config.generator_steps, seed=sample.seed)
+        return replace(sample, images=generated.to(sample.images.dtype))
 
     def _local_indices(self, stop: int) -> list[int]:
         """This rank's global sample indices for steps ``self.step .. stop - 1``, step by step."""
