@@ -15,7 +15,7 @@ def generator_folder(folder: str | Path | None) -> Path:
     if folder is not None:
         return Path(folder)
     if not (DEFAULT_GENERATOR / "model_index.json").is_file():
-        raise CheckpointError(f"no view generator: the bundled one ({DEFAULT_GENERATOR}) is not installed; pass a "
-                              "Zero123 / Zero123-XL diffusers folder (or convert zero123-xl.ckpt with "
-                              "`python -m backend convert-zero123`), or train one with `python -m backend train-generator`")
+        raise CheckpointError("no view generator: pass --zero123 DIR, a Zero123 / Zero123-XL diffusers folder (or convert "
+                              "zero123-xl.ckpt with `python -m backend convert-zero123`); the bundled small generator "
+                              f"({DEFAULT_GENERATOR}) is not installed (`python -m backend train-generator` trains one)")
     return DEFAULT_GENERATOR
