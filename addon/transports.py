@@ -23,6 +23,10 @@ from .backend import protocol
 
 CLOSE_WAIT = 5.0  # seconds a worker gets to finish after shutdown before it is killed / abandoned
 RESULTS_PREFIX = "imageto3d-results-"
+HANG_TIMEOUT = 120.0  # seconds without any reply, pongs included, after which a worker with a job counts as hung
+CANCEL_TIMEOUT = 30.0  # seconds a cancelled job gets to stop before its worker is stopped (or abandoned)
+PING_INTERVAL = 2.0  # seconds of silence during a job before the worker is pinged
+KEEPALIVE = "keepalive"  # the id of the transport's own pings; their pongs only show the worker is alive
 
 
 class Transport(Protocol):
@@ -60,18 +64,75 @@ class _ResultsFolder:
             self._path = None
 
 
+class _Watchdog:
+    """Tells when a worker with a job is stuck, for both transports.
+
+    A job can compute for minutes between progress replies, so silence alone proves nothing: after
+    ``PING_INTERVAL`` of it the transport pings, and the worker answers from its reading thread while the
+    job runs. No reply at all for ``hang_timeout`` means the worker itself is stuck. A job still running
+    ``cancel_timeout`` after a cancel is stuck in one step (native code, a deadlock) and is given up.
+    """
+
+    def __init__(self, hang_timeout: float, cancel_timeout: float) -> None:
+        self.hang_timeout, self.cancel_timeout = hang_timeout, cancel_timeout
+        self.job: str | None = None  # the job whose final reply is awaited
+        self._heard = self._pinged = 0.0
+        self._cancelled: float | None = None
+
+    def started(self, job_id: str) -> None:
+        self.job, self._cancelled = job_id, None
+        self._heard = self._pinged = time.monotonic()
+
+    def cancelling(self, job_id: str) -> None:
+        if job_id == self.job and self._cancelled is None:
+            self._cancelled = time.monotonic()
+
+    def heard(self, message: dict) -> None:
+        self._heard = time.monotonic()
+        if message["type"] in protocol.FINAL_TYPES and message["id"] == self.job:
+            self.job = None
+
+    def ping_due(self) -> bool:
+        """Whether to ping now (at most once per interval, only during a job)."""
+        now = time.monotonic()
+        if self.job is None or now - max(self._heard, self._pinged) < PING_INTERVAL:
+            return False
+        self._pinged = now
+        return True
+
+    def verdict(self) -> str | None:
+        """"cancelled" or "hung" once the worker has to be given up; None while all is well."""
+        if self.job is None:
+            return None
+        now = time.monotonic()
+        if self._cancelled is not None and now - self._cancelled > self.cancel_timeout:
+            return "cancelled"
+        return "hung" if now - self._heard > self.hang_timeout else None
+
+    def give_up(self, verdict: str, what: str) -> dict:
+        """The final reply for the job of a worker given up for ``verdict``; clears the job."""
+        job, self.job = self.job, None
+        if verdict == "cancelled":
+            return {"type": "cancelled", "id": job}
+        return protocol.error_reply(job, f"{what} stopped responding for {self.hang_timeout:g} s and was stopped: see the "
+                                         "console; raise the time-out in the preferences if a step is this slow on your machine")
+
+
 class InProcessTransport:
     """The worker as a thread in this Python: no second interpreter, but a stuck job cannot be killed.
 
+    A worker given up by the watchdog is abandoned instead: it is told to shut down, its job stops at its next
+    progress point if it ever reaches one, and the next job gets a new worker thread.
     The backend is imported as this add-on's sub-package (``.backend``), never as a top-level module.
     Messages make a JSON round trip both ways, so they behave exactly as over a pipe.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, hang_timeout: float = HANG_TIMEOUT, cancel_timeout: float = CANCEL_TIMEOUT) -> None:
         self._inbox: queue.Queue[dict] = queue.Queue()
         self._outbox: queue.Queue[dict] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._results = _ResultsFolder()
+        self._watchdog = _Watchdog(hang_timeout, cancel_timeout)
 
     @property
     def results_dir(self) -> Path:
@@ -85,22 +146,38 @@ class InProcessTransport:
             self._thread = threading.Thread(target=self._serve, args=(self._inbox, self.results_dir),
                                             name="imageto3d-backend", daemon=True)
             self._thread.start()
+        _watch_request(self._watchdog, message)
         self._inbox.put(protocol.decode(protocol.encode(message)))
 
     def receive(self) -> list[dict]:
         messages = []
         while True:
             try:
-                messages.append(self._outbox.get_nowait())
+                message = self._outbox.get_nowait()
             except queue.Empty:
-                return messages
+                break
+            self._watchdog.heard(message)
+            messages.append(message)
+        verdict = self._watchdog.verdict()
+        if verdict is not None:
+            self._abandon()
+            messages.append(self._watchdog.give_up(verdict, "the backend thread in Blender"))
+        elif self._watchdog.ping_due():
+            self._inbox.put({"type": "ping", "id": KEEPALIVE})
+        return messages
 
     def close(self) -> None:
         if self._thread is not None and self._thread.is_alive():
             self._inbox.put({"type": "shutdown"})
             self._thread.join(CLOSE_WAIT)  # a job past its last progress point finishes in the background
         self._thread = None
+        self._watchdog.job = None
         self._results.remove()
+
+    def _abandon(self) -> None:
+        """Leave the stuck worker thread to end by itself; the next request starts a new one with a new inbox."""
+        self._inbox.put({"type": "shutdown"})
+        self._thread = None
 
     def _reply(self, message: dict) -> None:
         self._outbox.put(protocol.decode(protocol.encode(message)))
@@ -143,20 +220,20 @@ class SubprocessTransport:
     ``python`` needs torch and the backend's requirements; ``backend_parent`` is the folder that contains
     the ``backend`` package (the child's working folder); ``env`` adds variables to this process's
     environment. The child's stderr goes to this process's console. A crash, a line that is not protocol, or
-    ``hang_timeout`` seconds without a message during a job stop the child and become an error message;
-    the next ``start`` starts a new child.
+    a child the watchdog gives up (silent for ``hang_timeout`` s, or still busy ``cancel_timeout`` s after a
+    cancel) stop the child, remove its result files and end the job with an error (or ``cancelled``); the
+    next ``start`` starts a new child.
     """
 
-    def __init__(self, python: str, backend_parent: Path, env: dict | None = None, hang_timeout: float = 600.0) -> None:
+    def __init__(self, python: str, backend_parent: Path, env: dict | None = None, hang_timeout: float = HANG_TIMEOUT,
+                 cancel_timeout: float = CANCEL_TIMEOUT) -> None:
         self._python = python
         self._cwd = Path(backend_parent)
         self._env = {**os.environ, **(env or {})}
-        self._hang_timeout = hang_timeout
         self._proc: subprocess.Popen | None = None
         self._queue: queue.Queue[Any] = queue.Queue()
         self._pending: list[dict] = []
-        self._active: str | None = None  # the job whose final message is awaited
-        self._last_message = time.monotonic()
+        self._watchdog = _Watchdog(hang_timeout, cancel_timeout)
         self._write_lock = threading.Lock()
         self._results = _ResultsFolder()
 
@@ -182,15 +259,8 @@ class SubprocessTransport:
                 self._pending.append(protocol.error_reply(
                     message.get("id"), f"cannot start the backend ({self._python} in {self._cwd}): {exc}"))
                 return
-        if kind == "start":
-            self._active, self._last_message = message["id"], time.monotonic()
-        line = protocol.encode(message).encode("utf-8")
-        with self._write_lock:
-            try:
-                self._proc.stdin.write(line)
-                self._proc.stdin.flush()
-            except (OSError, ValueError):
-                pass  # the child is gone: its reader reports the exit
+        _watch_request(self._watchdog, message)
+        self._write(message)
 
     def receive(self) -> list[dict]:
         messages, self._pending = self._pending, []
@@ -209,16 +279,18 @@ class SubprocessTransport:
                 messages.append(self._fail(f"the backend sent a message that is not protocol ({item.reason}) and was "
                                            "stopped: see the console; the next run starts a new one"))
                 return messages
-            self._last_message = time.monotonic()
             if item["type"] == "ready" and item["protocol"] != protocol.PROTOCOL_VERSION:
                 messages.append(self._fail(f"the backend speaks protocol {item['protocol']} but the add-on needs "
                                            f"{protocol.PROTOCOL_VERSION}: update the add-on and its backend together"))
                 return messages
-            if item["type"] in protocol.FINAL_TYPES and item["id"] == self._active:
-                self._active = None
+            self._watchdog.heard(item)
             messages.append(item)
-        if self._active is not None and time.monotonic() - self._last_message > self._hang_timeout:
-            messages.append(self._fail(f"the backend stopped responding for {self._hang_timeout:g} s and was stopped"))
+        verdict = self._watchdog.verdict()
+        if verdict is not None:
+            self._discard()
+            messages.append(self._watchdog.give_up(verdict, "the backend process"))
+        elif self._watchdog.ping_due():
+            self._write({"type": "ping", "id": KEEPALIVE})
         return messages
 
     def close(self) -> None:
@@ -232,7 +304,7 @@ class SubprocessTransport:
             except (OSError, ValueError, subprocess.TimeoutExpired):
                 pass
             self._discard()
-        self._pending, self._active = [], None
+        self._pending, self._watchdog.job = [], None
         self._results.remove()
 
     def _spawn(self) -> None:
@@ -243,13 +315,23 @@ class SubprocessTransport:
         threading.Thread(target=_read_messages, args=(self._proc, self._queue), name="imageto3d-backend-reader",
                          daemon=True).start()
 
+    def _write(self, message: dict) -> None:
+        line = protocol.encode(message).encode("utf-8")
+        with self._write_lock:
+            try:
+                self._proc.stdin.write(line)
+                self._proc.stdin.flush()
+            except (OSError, ValueError):
+                pass  # the child is gone: its reader reports the exit
+
     def _fail(self, reason: str) -> dict:
         """Drop the child (killing it unless it already exited) and turn ``reason`` into the current job's error."""
         self._discard()
-        job, self._active = self._active, None
+        job, self._watchdog.job = self._watchdog.job, None
         return protocol.error_reply(job, reason)
 
     def _discard(self) -> None:
+        """Kill the child unless it already exited, and remove what it wrote: none of it will be collected now."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -263,6 +345,14 @@ class SubprocessTransport:
             proc.stdin.close()  # stdout belongs to the reader thread, which closes it
         except (OSError, ValueError):
             pass
+        self._results.remove()
+
+
+def _watch_request(watchdog: _Watchdog, message: dict) -> None:
+    if message.get("type") == "start":
+        watchdog.started(message["id"])
+    elif message.get("type") == "cancel":
+        watchdog.cancelling(message["id"])
 
 
 def _read_messages(proc: subprocess.Popen, out: queue.Queue) -> None:

@@ -457,6 +457,7 @@ def _write_result(mesh: Any, sheet: bytes | None, ctx: _JobContext) -> tuple[str
 
     if len(mesh.faces) == 0:
         raise InputError("the reconstruction produced no surface (the SDF never crosses zero): check the views and the checkpoint")
+    ctx.progress("saving", 0, 1)  # the last point where a cancel stops the job: nothing is written before it
     buffer = io.BytesIO()
     np.savez(buffer, vertices=np.ascontiguousarray(mesh.vertices, np.float32), faces=np.ascontiguousarray(mesh.faces, np.int32),
              colors=np.ascontiguousarray(mesh.colors, np.uint8))

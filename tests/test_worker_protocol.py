@@ -87,7 +87,7 @@ def runs(worker) -> Runs:
         client.start(RECONSTRUCT)
     _wait_for_progress(client, job_id)
     transport.send({"type": "ping", "id": "during"})
-    during = _receive_until(transport, lambda m: m["type"] == "pong")
+    during = _receive_until(transport, lambda m: m == {"type": "pong", "id": "during"})
     client.cancel(job_id)
     cancelled = _final(client, job_id)
     events: list[JobEvent] = []
@@ -98,7 +98,7 @@ def runs(worker) -> Runs:
 def test_ping_pong(worker) -> None:
     _, transport = worker
     transport.send({"type": "ping", "id": "p1"})
-    messages = _receive_until(transport, lambda m: m["type"] == "pong")
+    messages = _receive_until(transport, lambda m: m == {"type": "pong", "id": "p1"})
     assert messages[-1] == {"type": "pong", "id": "p1"}
     assert any(m["type"] == "ready" and m["protocol"] == protocol.PROTOCOL_VERSION for m in messages)
 
@@ -135,7 +135,8 @@ def test_reconstruct_returns_a_coloured_mesh_with_ordered_progress(runs: Runs, w
     assert abs(final.info["polar"] - 60.0) < 1e-3 and final.info["timings"]["total"] > 0
     progress = [e for e in events if e.kind == "progress"]
     stages = list(dict.fromkeys(e.stage for e in progress))
-    assert [s for s in stages if s != "loading reconstruction"] == ["volume", "sdf coarse", "sdf surface", "marching cubes", "vertex colours"]
+    expected = ["volume", "sdf coarse", "sdf surface", "marching cubes", "vertex colours", "saving"]
+    assert [s for s in stages if s != "loading reconstruction"] == expected
     for stage in stages:
         steps = [e.step for e in progress if e.stage == stage]
         assert steps == sorted(steps) and all(e.total >= e.step for e in progress)
@@ -168,7 +169,7 @@ def test_malformed_jobs_are_refused_naming_the_field(worker, job: dict, field: s
     assert not client.busy
     transport.send({"type": "start", "id": "bad", "job": job})  # past the client's check, straight to the worker
     transport.send({"type": "ping", "id": "alive"})
-    messages = _receive_until(transport, lambda m: m["type"] == "pong")
+    messages = _receive_until(transport, lambda m: m == {"type": "pong", "id": "alive"})
     errors = [m for m in messages if m["type"] == "error"]
     assert len(errors) == 1 and errors[0]["id"] == "bad" and field in errors[0]["message"]
 
@@ -227,7 +228,7 @@ def fake_backend(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("mode, expected", [
-    ("hang", "the backend stopped responding for 1 s and was stopped"),
+    ("hang", "the backend process stopped responding for 1 s and was stopped"),
     ("garbage", "the backend sent a message that is not protocol"),
     ("version", "the backend speaks protocol 99 but the add-on needs 1"),
 ])
