@@ -122,6 +122,10 @@ def _train(args: argparse.Namespace) -> None:
                          model=ReconstructorConfig(volume_resolution=args.volume_resolution))
     if args.short_schedule:
         config = replace(config, anneal_steps=args.steps // 8, sparseness_ramp_steps=args.steps // 4, mask_start=args.steps // 4)
+    if args.init_from is not None:  # a trained network has had its warm-ups: no annealing or ramps again
+        config = replace(config, anneal_steps=1, sparseness_ramp_steps=1, mask_start=0)
+    if args.lr is not None:
+        config = replace(config, lr=args.lr)
     context = DistributedContext.from_environment(args.device)
     try:
         if context.device.type == "cuda":
@@ -179,7 +183,16 @@ def _evaluate(args: argparse.Namespace) -> None:
     if not meshes:
         raise ValueError(f"no meshes ({', '.join(MESH_SUFFIXES)}) in {args.meshes}")
     pipeline = ReconstructionPipeline.from_checkpoint(args.checkpoint, args.device)
-    print(evaluate(pipeline, meshes, args.out, args.up_axis, args.polar, args.resolution, args.object_size))
+    generator = None
+    if args.generator is not None:
+        from .devices import generation_dtype
+        from .generation.bundled import generator_folder
+        from .generation.zero123 import Zero123Generator
+
+        folder = None if str(args.generator) == "bundled" else args.generator
+        generator = Zero123Generator.from_folder(generator_folder(folder), pipeline.device, generation_dtype(pipeline.device))
+    steps = (args.steps, max(2, round(args.steps * 2 / 3))) if args.steps else (75, 50)
+    print(evaluate(pipeline, meshes, args.out, args.up_axis, args.polar, args.resolution, args.object_size, generator, steps))
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -273,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--init-from", type=Path, default=None, metavar="CHECKPOINT",
                     help="start from this checkpoint's weights at step 0 (fine-tuning; e.g. backend/weights/reconstructor)")
     tr.add_argument("--steps", type=int, default=20_000)
+    tr.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-4, as the reference)")
     tr.add_argument("--batch", type=int, default=1,
                     help="objects per step over all processes (default 1); under torchrun each process takes batch / N")
     tr.add_argument("--rays", type=int, default=512, help="rays per object and step (default 512)")
@@ -325,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--polar", type=float, default=60.0, help="polar angle of the input view (default 60)")
     ev.add_argument("--object-size", type=float, default=0.7, help="longest side of each mesh in world units (default 0.7)")
     ev.add_argument("--resolution", type=int, default=256)
+    ev.add_argument("--generator", type=Path, default=None, metavar="DIR",
+                    help="single-image mode: a Zero123 folder (or 'bundled') makes the views from rig view 0 alone")
+    ev.add_argument("--steps", type=int, default=None, help="with --generator: stage-1 DDIM steps (stage 2 uses 2/3; default 75/50)")
     ev.add_argument("--device", default="auto")
     ev.set_defaults(run=_evaluate)
 
