@@ -109,6 +109,12 @@ class BackendClient:
                 raise BackendTimeout(f"job {job_id} did not finish within {timeout:g} s; it was asked to cancel")
             time.sleep(POLL_INTERVAL)
 
+    def discard(self, event: JobEvent) -> None:
+        """Remove what is left of a result on disk (its contact sheet) once it was used, or is not wanted."""
+        views = event.info.get("views")
+        if isinstance(views, str) and self._in_results(Path(views)):
+            _remove_result_file(Path(views).resolve())
+
     def close(self) -> None:
         """Stop the worker and remove every temporary result file."""
         self._transport.close()
@@ -135,23 +141,31 @@ class BackendClient:
             return JobEvent("error", job_id, message=f"the backend's result mesh is unreadable: {exc}", info=message["info"])
         return JobEvent("result", job_id, mesh=mesh, info=message["info"])
 
+    def _in_results(self, path: Path) -> bool:
+        """Whether ``path`` lies in the results folder: the only files a worker's reply may make the client touch."""
+        return path.resolve().is_relative_to(self._transport.results_dir.resolve())
+
     def _take_mesh(self, path: Path) -> MeshArrays:
         """Load and check a result npz, then delete it (and its folder, unless the contact sheet is still there)."""
-        root = self._transport.results_dir.resolve()
+        if not self._in_results(path) or path.suffix != ".npz":
+            raise ValueError(f"{path} is not a result file in {self._transport.results_dir}")
         path = path.resolve()
-        if not path.is_relative_to(root) or path.suffix != ".npz":
-            raise ValueError(f"{path} is not a result file in {root}")
         try:
             with np.load(path, allow_pickle=False) as data:
                 mesh = MeshArrays(data["vertices"], data["faces"], data["colors"])
         finally:
-            path.unlink(missing_ok=True)
-            try:
-                os.rmdir(path.parent)
-            except OSError:
-                pass  # the contact sheet stays until close()
+            _remove_result_file(path)
         _check_mesh(mesh)
         return mesh
+
+
+def _remove_result_file(path: Path) -> None:
+    """Delete one result file, and its job folder once that is empty (the contact sheet may still be there)."""
+    path.unlink(missing_ok=True)
+    try:
+        os.rmdir(path.parent)
+    except OSError:
+        pass
 
 
 def _check_mesh(mesh: MeshArrays) -> None:

@@ -16,13 +16,15 @@ import bpy
 import numpy as np
 from bpy.props import BoolProperty, StringProperty
 
+from .backend.files import atomic_output, probe_writable
 from .client import BackendClient, JobEvent
 from .mesh_import import create_object, show_colour_attributes
 from .preferences import (BackendFailure, backend_busy, close_client, get_client, get_prefs, one_line, run_job,
                           selected_checkpoint)
 
-BACKEND_FORMATS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # read by the backend itself
-BATCH_FORMATS = (*BACKEND_FORMATS, ".exr")  # OpenEXR goes through Blender and a PNG copy
+# Read by the backend itself, whose guards (size limits, corrupt files) then apply before Blender ever decodes them;
+# other files the Image File source is given go through Blender and a PNG copy.
+BACKEND_FORMATS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".exr")
 POLL_INTERVAL = 0.2  # seconds between polls of the backend in the UI
 NO_GENERATOR = "no view generator: set the Zero123 folder in the add-on's preferences, or use the Views Folder source"
 
@@ -106,9 +108,11 @@ def _image_file(image: bpy.types.Image, folder: str) -> Path:
 
 
 def _readable_image(path: Path, folder: str) -> Path:
-    """Check that Blender can read the image file ``path``; formats the backend cannot read come back as a PNG copy."""
+    """``path`` itself for the formats the backend reads; any other image file Blender reads as a PNG copy."""
     if not path.is_file():
         raise SettingsError(f"cannot read {path}: no such file")
+    if path.suffix.lower() in BACKEND_FORMATS:
+        return path
     try:
         image = bpy.data.images.load(str(path), check_existing=False)
     except RuntimeError as exc:
@@ -149,14 +153,12 @@ def _remove_object(obj: bpy.types.Object) -> None:
     bpy.data.meshes.remove(mesh)
 
 
-def _export_glb(obj: bpy.types.Object, path: Path) -> None:
-    """Write just ``obj`` (with its colour attribute) as a binary glTF; a partial file is removed."""
+def _export_glb(obj: bpy.types.Object, path: Path, overwrite: bool) -> None:
+    """Write just ``obj`` (with its colour attribute) as a binary glTF, atomically: a failure leaves any earlier file as
+    it was and no partial one; an existing file is replaced only with ``overwrite`` (else ``FileExistsError``)."""
     _select_only(obj)
-    try:
-        bpy.ops.export_scene.gltf(filepath=str(path), export_format="GLB", use_selection=True)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    with atomic_output(path, overwrite) as tmp:
+        bpy.ops.export_scene.gltf(filepath=str(tmp), export_format="GLB", use_selection=True)
 
 
 def _keep_views(name: str, path: str) -> None:
@@ -179,7 +181,7 @@ class Run:
     """Tasks worked through one backend job at a time, on the main thread, by ``run_here`` or by timer polls."""
 
     def __init__(self, context: bpy.types.Context, tasks: list[Task], temp: tempfile.TemporaryDirectory, title: str,
-                 batch_dirs: tuple[str, str] | None = None) -> None:
+                 batch_dirs: tuple[str, str] | None = None, overwrite: bool = False) -> None:
         self.scene_name = context.scene.name
         self.location = tuple(context.scene.cursor.location)
         self.tasks = tasks
@@ -189,6 +191,8 @@ class Run:
         self.job_id: str | None = None
         self.client: BackendClient | None = None
         self.batch_dirs = batch_dirs  # (input, output) of a batch, whose end writes a summary text
+        self.overwrite = overwrite  # a batch may replace GLB files that exist
+        self.cancelling = False
         self.summary_text: str | None = None
         self.created: list[str] = []
 
@@ -201,6 +205,7 @@ class Run:
 
     def run_here(self, context: bpy.types.Context) -> None:
         """Synchronous path: every pending task to its end, then ``end``."""
+        self.client = get_client(get_prefs(context))  # the client run_job uses
         self.begin()
         try:
             for task in self._pending():
@@ -236,8 +241,11 @@ class Run:
                 self._on_event(event)
                 continue
             self.job_id = None
-            if event.kind == "result":
+            if event.kind == "result" and not self.cancelling:
                 self._place(self.current, event)
+            elif event.kind == "result":  # finished just before the cancel reached it: the user still gets nothing
+                self.current.outcome, self.current.reason = "cancelled", "cancelled"
+                self.client.discard(event)
             else:
                 self.current.outcome = "cancelled" if event.kind == "cancelled" else "failed"
                 self.current.reason = "cancelled" if event.kind == "cancelled" else one_line(event.message)
@@ -251,6 +259,7 @@ class Run:
                 task.outcome, task.reason = "cancelled", "cancelled before it started"
         if self.job_id is not None:
             self.client.cancel(self.job_id)
+        self.cancelling = True
         self.state.status = "Cancelling..."
 
     def end(self) -> None:
@@ -301,14 +310,16 @@ class Run:
         obj = create_object(task.name, mesh.vertices, mesh.faces, mesh.colors, self.location)
         if task.glb is not None:
             try:
-                _export_glb(obj, task.glb)
+                _export_glb(obj, task.glb, self.overwrite)
             except (RuntimeError, OSError) as exc:
                 _remove_object(obj)
+                self.client.discard(event)
                 task.outcome, task.reason = "failed", f"cannot write {task.glb.name}: {one_line(exc)}"
                 return
         _select_only(obj)
         if event.info.get("views") and Path(event.info["views"]).is_file():
             _keep_views(obj.name, event.info["views"])
+        self.client.discard(event)  # packed into the .blend: the temporary file is not needed any more
         task.outcome = "created"
         task.reason = f"{len(mesh.vertices)} vertices, {len(mesh.faces)} faces"
         self.created.append(obj.name)
@@ -340,7 +351,7 @@ def _generate_run(context: bpy.types.Context) -> Run:
 
 
 def _batch_run(context: bpy.types.Context, input_dir: str, output_dir: str, overwrite: bool) -> Run:
-    """One task per image in ``input_dir``; outputs that exist are skipped, unreadable images failed up front."""
+    """One task per image in ``input_dir``; images whose GLB exists are skipped unless ``overwrite`` (a re-run resumes)."""
     settings, prefs = context.scene.image_to_3d, get_prefs(context)
     source_dir, target_dir = Path(_absolute(input_dir, "the Input Folder")), Path(_absolute(output_dir, "the Output Folder"))
     if not source_dir.is_dir():
@@ -348,12 +359,12 @@ def _batch_run(context: bpy.types.Context, input_dir: str, output_dir: str, over
     if not target_dir.is_dir():
         raise SettingsError(f"the Output Folder {target_dir} does not exist: create it first")
     try:
-        tempfile.TemporaryFile(dir=target_dir).close()
+        probe_writable(target_dir)
     except OSError as exc:
         raise SettingsError(f"cannot write to the Output Folder {target_dir}: {exc.strerror or exc}") from None
-    images = sorted(p for p in source_dir.iterdir() if p.is_file() and p.suffix.lower() in BATCH_FORMATS)
+    images = sorted(p for p in source_dir.iterdir() if p.is_file() and p.suffix.lower() in BACKEND_FORMATS)
     if not images:
-        raise SettingsError(f"no images ({', '.join(BATCH_FORMATS)}) in {source_dir}")
+        raise SettingsError(f"no images ({', '.join(BACKEND_FORMATS)}) in {source_dir}")
     temp = tempfile.TemporaryDirectory(prefix="imageto3d-batch-")
     tasks, names = [], set()
     for path in images:
@@ -368,7 +379,7 @@ def _batch_run(context: bpy.types.Context, input_dir: str, output_dir: str, over
             except SettingsError as exc:
                 task.outcome, task.reason = "failed", str(exc)
         tasks.append(task)
-    return Run(context, tasks, temp, "Batch", (str(source_dir), str(target_dir)))
+    return Run(context, tasks, temp, "Batch", (str(source_dir), str(target_dir)), overwrite)
 
 
 def _write_summary(run: Run, input_dir: str, output_dir: str) -> bpy.types.Text:

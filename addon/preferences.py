@@ -26,7 +26,7 @@ BACKEND_MODES = (
 _listed: list[tuple[str, str, str, str, int]] = []  # checkpoint enum items from the last refresh
 _items_in_use: list[tuple[str, str, str, str, int]] = []  # keeps the strings Blender shows alive
 _client: BackendClient | None = None
-_client_key: tuple[str, str] | None = None
+_client_key: tuple[str, str, int] | None = None
 
 
 class BackendFailure(Exception):
@@ -44,15 +44,16 @@ def get_prefs(context: bpy.types.Context) -> "IMAGETO3D_AddonPreferences":
 
 
 def get_client(prefs: "IMAGETO3D_AddonPreferences") -> BackendClient:
-    """The shared client; rebuilt (stopping the old worker) when the backend mode or interpreter changed."""
+    """The shared client; rebuilt (stopping the old worker) when the backend mode, interpreter or time-out changed."""
     global _client, _client_key
-    key = (prefs.backend_mode, prefs.python_path if prefs.backend_mode == "SUBPROCESS" else "")
+    key = (prefs.backend_mode, prefs.python_path if prefs.backend_mode == "SUBPROCESS" else "", prefs.hang_timeout)
     if _client is None or _client_key != key:
         close_client()
         if prefs.backend_mode == "SUBPROCESS":
-            transport = SubprocessTransport(python=bpy.path.abspath(prefs.python_path), backend_parent=ADDON_DIR)
+            transport = SubprocessTransport(python=bpy.path.abspath(prefs.python_path), backend_parent=ADDON_DIR,
+                                            hang_timeout=prefs.hang_timeout)
         else:
-            transport = InProcessTransport()
+            transport = InProcessTransport(hang_timeout=prefs.hang_timeout)
         _client, _client_key = BackendClient(transport), key
     return _client
 
@@ -222,6 +223,9 @@ class IMAGETO3D_AddonPreferences(bpy.types.AddonPreferences):
     backend_mode: EnumProperty(name="Backend", items=BACKEND_MODES, default="IN_PROCESS")
     python_path: StringProperty(name="Python", subtype="FILE_PATH", default=sys.executable,
                                 description="Interpreter with torch and the backend's requirements installed")
+    hang_timeout: IntProperty(name="Time-out (s)", default=120, min=10, max=3600,
+                              description="A backend that answers nothing, not even a ping, for this long while it runs "
+                                          "a job is stopped with an error")
     backend_info: StringProperty(name="Last Test", description="What the last backend test reported")
 
     def draw(self, context: bpy.types.Context) -> None:
@@ -241,6 +245,7 @@ class IMAGETO3D_AddonPreferences(bpy.types.AddonPreferences):
         layout.row().prop(self, "backend_mode", expand=True)
         if self.backend_mode == "SUBPROCESS":
             layout.prop(self, "python_path")
+        layout.prop(self, "hang_timeout")
         row = layout.row()
         row.operator(IMAGETO3D_OT_test_backend.bl_idname, icon="CONSOLE")
         row.label(text=self.backend_info or "Not tested yet")

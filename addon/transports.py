@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from .backend import protocol
 
@@ -92,7 +92,18 @@ class _Watchdog:
         if message["type"] in protocol.FINAL_TYPES and message["id"] == self.job:
             self.job = None
 
-    def ping_due(self) -> bool:
+    def tend(self, stop: Callable[[], None], ping: Callable[[dict], None], what: str) -> list[dict]:
+        """After a transport took in the worker's replies: ``stop`` a worker to give up and return its job's final
+        reply (``what`` names the worker in it), or ``ping`` one that has been silent a while."""
+        verdict = self._verdict()
+        if verdict is not None:
+            stop()
+            return [self._give_up(verdict, what)]
+        if self._ping_due():
+            ping({"type": "ping", "id": KEEPALIVE})
+        return []
+
+    def _ping_due(self) -> bool:
         """Whether to ping now (at most once per interval, only during a job)."""
         now = time.monotonic()
         if self.job is None or now - max(self._heard, self._pinged) < PING_INTERVAL:
@@ -100,7 +111,7 @@ class _Watchdog:
         self._pinged = now
         return True
 
-    def verdict(self) -> str | None:
+    def _verdict(self) -> str | None:
         """"cancelled" or "hung" once the worker has to be given up; None while all is well."""
         if self.job is None:
             return None
@@ -109,7 +120,7 @@ class _Watchdog:
             return "cancelled"
         return "hung" if now - self._heard > self.hang_timeout else None
 
-    def give_up(self, verdict: str, what: str) -> dict:
+    def _give_up(self, verdict: str, what: str) -> dict:
         """The final reply for the job of a worker given up for ``verdict``; clears the job."""
         job, self.job = self.job, None
         if verdict == "cancelled":
@@ -158,13 +169,7 @@ class InProcessTransport:
                 break
             self._watchdog.heard(message)
             messages.append(message)
-        verdict = self._watchdog.verdict()
-        if verdict is not None:
-            self._abandon()
-            messages.append(self._watchdog.give_up(verdict, "the backend thread in Blender"))
-        elif self._watchdog.ping_due():
-            self._inbox.put({"type": "ping", "id": KEEPALIVE})
-        return messages
+        return messages + self._watchdog.tend(self._abandon, self._inbox.put, "the backend thread in Blender")
 
     def close(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -285,13 +290,7 @@ class SubprocessTransport:
                 return messages
             self._watchdog.heard(item)
             messages.append(item)
-        verdict = self._watchdog.verdict()
-        if verdict is not None:
-            self._discard()
-            messages.append(self._watchdog.give_up(verdict, "the backend process"))
-        elif self._watchdog.ping_due():
-            self._write({"type": "ping", "id": KEEPALIVE})
-        return messages
+        return messages + self._watchdog.tend(self._discard, self._write, "the backend process")
 
     def close(self) -> None:
         proc = self._proc

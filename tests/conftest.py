@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,3 +38,30 @@ def one_thread() -> Iterator[None]:
     yield
     torch.set_num_threads(threads)
     cv2.setNumThreads(cv_threads)
+
+
+@contextmanager
+def _read_only(folder: Path) -> Iterator[None]:
+    folder.chmod(0o555)
+    immutable = os.geteuid() == 0 and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+    try:
+        probe = folder / "probe"
+        try:
+            probe.touch()
+        except OSError:
+            pass
+        else:
+            probe.unlink()
+            pytest.skip("cannot make a read-only folder here")
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
+@pytest.fixture()
+def read_only() -> Callable[[Path], AbstractContextManager[None]]:
+    """``with read_only(folder):`` the folder is unwritable for this process, administrators included (root also
+    gets the immutable attribute); the test skips where neither works."""
+    return _read_only

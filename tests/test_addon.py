@@ -29,6 +29,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import bpy  # noqa: E402  (after the environment variable)
 import addon_utils  # noqa: E402  (Blender's module, importable once bpy is)
 
+from .bad_images import BAD_IMAGES, write_bad_images  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SPOT_VIEWS = REPO / "examples" / "spot_views"
 BLENDER_EXT = Path(bpy.utils.system_resource("SCRIPTS")) / "addons_core" / "bl_pkg" / "cli" / "blender_ext.py"
@@ -67,14 +69,18 @@ def tiny_zero123(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def sphere_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-initialised reconstructor: its geometric init gives a sphere for any views (tiny Zero123's are noise)."""
+    """A random-initialised reconstructor: its geometric init gives a sphere for any views (tiny Zero123's are noise).
+
+    A 32^3 volume instead of 96^3 halves each job's time; nothing here depends on the size.
+    """
     import torch
 
     from backend.checkpoints import save_checkpoint
-    from backend.models import One2345Reconstructor
+    from backend.models import One2345Reconstructor, ReconstructorConfig
 
     torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "init", One2345Reconstructor(), step=0)
+    model = One2345Reconstructor(ReconstructorConfig(volume_resolution=32))
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "init", model, step=0)
 
 
 def _error_line(exc: pytest.ExceptionInfo) -> str:
@@ -207,7 +213,7 @@ def test_sidebar_and_preferences_draw_their_settings(prefs: bpy.types.AddonPrefe
     finally:
         prefs.checkpoint_folders.clear()
         prefs.backend_mode = "IN_PROCESS"
-    assert {"checkpoint", "path", "zero123_dir", "device", "backend_mode", "python_path"} <= set(layout.props)
+    assert {"checkpoint", "path", "zero123_dir", "device", "backend_mode", "python_path", "hang_timeout"} <= set(layout.props)
     assert {"imageto3d.refresh_checkpoints", "imageto3d.folder_add", "imageto3d.folder_remove",
             "imageto3d.test_backend"} <= set(layout.operators)
 
@@ -351,7 +357,7 @@ def test_batch_reports_every_failure_and_leaves_nothing_half_made(settings: bpy.
     row = {name: next(line for line in lines if f" {name}" in line) for name in ("cow.png", "hdr.exr", "broken.png", "done.png")}
     assert row["cow.png"].startswith("failed") and "no view generator" in row["cow.png"]
     assert row["hdr.exr"].startswith("failed") and "no view generator" in row["hdr.exr"]
-    assert row["broken.png"].startswith("failed") and "cannot read" in row["broken.png"]
+    assert row["broken.png"].startswith("failed") and "no view generator" in row["broken.png"]
     assert row["done.png"].startswith("skipped") and "exists" in row["done.png"]
     assert not any("notes.txt" in line for line in lines)
     state = bpy.context.window_manager.image_to_3d
@@ -361,7 +367,10 @@ def test_batch_reports_every_failure_and_leaves_nothing_half_made(settings: bpy.
 def test_image_datablock_with_a_view_generator_makes_object_views_and_glb(
         prefs: bpy.types.AddonPreferences, settings: bpy.types.PropertyGroup, tiny_zero123: Path, sphere_checkpoint: Path,
         tmp_path: Path) -> None:
-    """Tiny random Zero123 (2 steps): exercises the packed-image copy, the contact sheet and the batch's GLB export."""
+    """Tiny random Zero123 (2 steps): exercises the packed-image copy, the contact sheet and the batch's GLB export,
+    which replaces an existing file only with consent, and atomically."""
+    from addon import preferences
+
     prefs.zero123_dir, prefs.checkpoint_path = str(tiny_zero123), str(sphere_checkpoint)
     settings.steps, settings.resolution, settings.auto_polar = 2, 32, False
     image = bpy.data.images.load(str(SPOT_VIEWS / "stage1_8" / "0.png"))
@@ -376,13 +385,19 @@ def test_image_datablock_with_a_view_generator_makes_object_views_and_glb(
         views = bpy.data.images["packed cow views"]
         assert views.packed_file is not None and views.size[0] > 0
 
+        results = preferences._client._transport.results_dir
+        assert not [p for p in results.rglob("*") if p.is_file()]  # the views were packed, their file removed
+
         source, out = tmp_path / "in", tmp_path / "out"
         source.mkdir()
         out.mkdir()
         shutil.copy(SPOT_VIEWS / "stage1_8" / "2.png", source / "side.png")
-        assert bpy.ops.imageto3d.batch(input_dir=str(source), output_dir=str(out)) == {"FINISHED"}
+        (out / "side.glb").write_bytes(b"an earlier result")
+        os.link(out / "side.glb", tmp_path / "earlier.glb")  # a second name for the old file's bytes
+        assert bpy.ops.imageto3d.batch(input_dir=str(source), output_dir=str(out), overwrite=True) == {"FINISHED"}
         assert bpy.context.active_object.name == "side"
-        assert (out / "side.glb").read_bytes()[:4] == b"glTF"
+        assert (out / "side.glb").read_bytes()[:4] == b"glTF" and sorted(p.name for p in out.iterdir()) == ["side.glb"]
+        assert (tmp_path / "earlier.glb").read_bytes() == b"an earlier result"  # replaced by a rename, not rewritten
         assert bpy.context.window_manager.image_to_3d.status == "Batch: 1 created"
     finally:
         prefs.zero123_dir = prefs.checkpoint_path = ""
@@ -461,7 +476,7 @@ def tiny_generator_prefs(prefs: bpy.types.AddonPreferences, settings: bpy.types.
 def test_generate_from_an_image_file_in_both_backend_modes(
         tiny_generator_prefs: bpy.types.AddonPreferences, settings: bpy.types.PropertyGroup, tmp_path: Path, mode: str) -> None:
     tiny_generator_prefs.backend_mode, tiny_generator_prefs.python_path = mode, sys.executable
-    image = tmp_path / f"cow {mode.lower()}.png"
+    image = tmp_path / f"vache à l’étable {mode.lower()}.png"  # spaces and non-ASCII letters
     shutil.copy(SPOT_VIEWS / "stage1_8" / "0.png", image)
     settings.source, settings.filepath = "FILE", str(image)
     cursor = (-1.0, 2.0, 0.5)
@@ -474,13 +489,19 @@ def test_generate_from_an_image_file_in_both_backend_modes(
     assert bpy.context.window_manager.image_to_3d.status.startswith(f"Created {obj.name}")
 
 
-def test_batch_of_three_images_and_a_corrupt_one_then_a_rerun_skips_them(
+def test_batch_of_three_images_and_bad_ones_then_a_rerun_skips_them(
         tiny_generator_prefs: bpy.types.AddonPreferences, tmp_path: Path) -> None:
-    source, out = tmp_path / "in", tmp_path / "out"
-    source.mkdir()
+    """PNG, JPEG and a float OpenEXR render in a folder whose name has spaces and non-ASCII letters, beside every kind
+    of broken image: three objects and GLBs, and one summary line with its reason per failure."""
+    source, out = tmp_path / "mes images à traiter", tmp_path / "out ü"
+    bad = write_bad_images(source)
     out.mkdir()
     shutil.copy(SPOT_VIEWS / "stage1_8" / "0.png", source / "front.png")
-    shutil.copy(SPOT_VIEWS / "stage1_8" / "1.png", source / "left.png")
+    exr = bpy.data.images.load(str(SPOT_VIEWS / "stage1_8" / "1.png"), check_existing=False)
+    assert exr.pixels[0] >= 0.0  # loads the pixels
+    exr.filepath_raw, exr.file_format = str(source / "left.exr"), "OPEN_EXR"  # float, scene-linear, as Blender renders
+    exr.save()
+    bpy.data.images.remove(exr)
     jpg = bpy.data.images.load(str(SPOT_VIEWS / "stage1_8" / "2.png"), check_existing=False)
     assert jpg.pixels[0] >= 0.0  # loads the pixels
     jpg.filepath_raw, jpg.file_format = str(source / "back.jpg"), "JPEG"
@@ -494,18 +515,21 @@ def test_batch_of_three_images_and_a_corrupt_one_then_a_rerun_skips_them(
     assert sorted(o.name for o in set(bpy.data.objects) - before) == ["back", "front", "left"]
     assert sorted(p.name for p in out.iterdir()) == ["back.glb", "front.glb", "left.glb"]
     assert all(p.read_bytes()[:4] == b"glTF" for p in out.iterdir())
-    assert state.status == "Batch: 3 created, 1 failed"
+    failures = f"{len(bad) + 1} failed"
+    assert state.status == f"Batch: 3 created, {failures}"
     [summary] = set(bpy.data.texts) - texts
     lines = summary.as_string().splitlines()
-    assert "Batch: 3 created, 1 failed" in lines
-    [failed] = [line for line in lines if line.startswith("failed")]
-    assert " corrupt.png: cannot read corrupt.png" in failed
+    assert f"Batch: 3 created, {failures}" in lines
+    failed = {line.split(":")[0].split(maxsplit=1)[1]: line for line in lines if line.startswith("failed")}
+    assert "corrupt.png is not an image that can be read" in failed["corrupt.png"]
+    for path, expected in bad.items():
+        assert expected in failed[path.name], failed[path.name]
     assert sum(line.startswith("created") for line in lines) == 3
 
     before, texts = set(bpy.data.objects), set(bpy.data.texts)
     assert bpy.ops.imageto3d.batch(input_dir=str(source), output_dir=str(out), overwrite=False) == {"FINISHED"}
     assert set(bpy.data.objects) == before
-    assert state.status == "Batch: 0 created, 3 skipped, 1 failed"
+    assert state.status == f"Batch: 0 created, 3 skipped, {failures}"
     [summary] = set(bpy.data.texts) - texts
     skipped = [line for line in summary.as_string().splitlines() if line.startswith("skipped")]
     assert len(skipped) == 3 and all("exists" in line for line in skipped)
@@ -584,6 +608,94 @@ def test_killed_subprocess_worker_is_a_clear_error_and_the_next_generate_works(
     assert bpy.ops.imageto3d.generate() == {"FINISHED"}
     [obj] = set(bpy.data.objects) - before
     assert obj.name.startswith("spot_views") and preferences._client._transport.pid not in (None, pid)
+
+
+def test_every_bad_image_is_one_error_line_and_adds_nothing(
+        tiny_generator_prefs: bpy.types.AddonPreferences, settings: bpy.types.PropertyGroup, tmp_path: Path) -> None:
+    """The backend checks the image before it loads a model, so each of these fails within a moment."""
+    settings.source = "FILE"
+    counts = _datablock_counts()
+    for path, expected in write_bad_images(tmp_path / "bad ü").items():
+        settings.filepath = str(path)
+        with pytest.raises(RuntimeError) as exc:
+            bpy.ops.imageto3d.generate()
+        line = _error_line(exc)
+        assert str(path) in line and expected in line, line
+        assert _datablock_counts() == counts and bpy.ops.imageto3d.generate.poll()
+    assert set(BAD_IMAGES) == {p.name for p in (tmp_path / "bad ü").iterdir()}
+
+
+def test_read_only_output_folder_is_reported_before_anything_runs(
+        settings: bpy.types.PropertyGroup, tmp_path: Path, read_only) -> None:
+    source, out = tmp_path / "in", tmp_path / "locked"
+    source.mkdir()
+    out.mkdir()
+    shutil.copy(SPOT_VIEWS / "stage1_8" / "0.png", source / "cow.png")
+    texts = set(bpy.data.texts)
+    with read_only(out), pytest.raises(RuntimeError) as exc:
+        bpy.ops.imageto3d.batch(input_dir=str(source), output_dir=str(out))
+    assert _error_line(exc).startswith(f"cannot write to the Output Folder {out}")
+    assert set(bpy.data.texts) == texts and not bpy.context.window_manager.image_to_3d.running
+
+
+def _drive(operators: object, deadline: float) -> None:
+    """Call the timer function, as Blender would, until the run ends."""
+    while operators._tick() is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_a_result_that_arrives_after_cancel_is_not_added(
+        prefs: bpy.types.AddonPreferences, settings: bpy.types.PropertyGroup, sphere_checkpoint: Path) -> None:
+    """Cancel pressed while the backend was sending its result: the user asked for nothing, so nothing appears."""
+    from addon import operators, preferences
+
+    prefs.checkpoint_path = str(sphere_checkpoint)
+    settings.source, settings.views_dir, settings.resolution = "VIEWS", str(SPOT_VIEWS), 32
+    state, counts = bpy.context.window_manager.image_to_3d, _datablock_counts()
+    try:
+        operators._start_polling(bpy.context, operators._generate_run(bpy.context))
+        transport = preferences._client._transport
+        deadline = time.monotonic() + 300
+        while not any(m["type"] == "result" for m in list(transport._outbox.queue)):  # sent, not yet polled
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert bpy.ops.imageto3d.cancel() == {"FINISHED"}
+        _drive(operators, deadline)
+        assert state.status == "Cancelled" and not state.running and _datablock_counts() == counts
+        assert not [p for p in transport.results_dir.rglob("*") if p.is_file()]
+    finally:
+        prefs.checkpoint_path = ""
+        if bpy.app.timers.is_registered(operators._tick):
+            bpy.app.timers.unregister(operators._tick)
+
+
+def test_a_frozen_subprocess_worker_times_out_and_blender_stays_usable(
+        tiny_generator_prefs: bpy.types.AddonPreferences, settings: bpy.types.PropertyGroup) -> None:
+    import signal
+
+    from addon import operators, preferences
+
+    tiny_generator_prefs.backend_mode, tiny_generator_prefs.hang_timeout = "SUBPROCESS", 10
+    settings.source, settings.views_dir = "VIEWS", str(SPOT_VIEWS)
+    state, counts = bpy.context.window_manager.image_to_3d, _datablock_counts()
+    try:
+        operators._start_polling(bpy.context, operators._generate_run(bpy.context))
+        transport = preferences._client._transport
+        deadline = time.monotonic() + 300
+        while "/" not in state.stage:  # the worker is into the job
+            assert operators._tick() is not None and time.monotonic() < deadline, state.status
+            time.sleep(0.02)
+        pid, results = transport.pid, transport.results_dir
+        os.kill(pid, signal.SIGSTOP)
+        _drive(operators, deadline)
+        assert state.status.startswith("Failed: the backend process stopped responding for 10 s and was stopped"), state.status
+        assert not state.running and _datablock_counts() == counts and bpy.ops.imageto3d.generate.poll()
+        assert transport.pid is None and not results.exists()
+    finally:
+        tiny_generator_prefs.hang_timeout = 120
+        if bpy.app.timers.is_registered(operators._tick):
+            bpy.app.timers.unregister(operators._tick)
 
 
 def test_unregister_removes_everything(prefs: bpy.types.AddonPreferences) -> None:

@@ -6,8 +6,6 @@ import os
 import pickle
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,28 +43,7 @@ def test_every_bad_image_is_one_error_line_before_any_model_loads(tmp_path: Path
     assert not any(out.parent.iterdir())
 
 
-@contextmanager
-def read_only(folder: Path) -> Iterator[None]:
-    """``folder`` made unwritable for this process, administrators included (then also immutable), or the test skips."""
-    folder.chmod(0o555)
-    immutable = os.geteuid() == 0 and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
-    try:
-        probe = folder / "probe"
-        try:
-            probe.touch()
-        except OSError:
-            pass
-        else:
-            probe.unlink()
-            pytest.skip("cannot make a read-only folder here")
-        yield
-    finally:
-        if immutable:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-        folder.chmod(0o755)
-
-
-def test_existing_output_is_kept_and_a_read_only_folder_is_reported_up_front(tmp_path: Path) -> None:
+def test_existing_output_is_kept_and_a_read_only_folder_is_reported_up_front(tmp_path: Path, read_only) -> None:
     existing = tmp_path / "spot.glb"
     existing.write_bytes(b"an earlier result")
     line = error_line(run_cli("reconstruct", str(SPOT_VIEWS), "-o", str(existing)))
