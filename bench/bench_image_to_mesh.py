@@ -94,12 +94,18 @@ def main() -> None:
     def run(polar: float | None, steps: tuple[int, int]) -> Callable[[], object]:
         return lambda: pipeline(image, polar, steps[0], steps[1], seed=0, resolution=args.resolution)
 
-    def image_steps(steps: tuple[int, int], views: tuple[int, int]) -> int:
-        counts = [len(ddim_timesteps(s, generator.sampler.reference_step_quirk)) for s in steps]
-        return 2 * (counts[0] * views[0] + counts[1] * views[1])
+    def image_steps(steps: int, views: int) -> int:
+        """UNet images in one call: one per view and guidance branch, for every sampler step."""
+        return 2 * views * len(ddim_timesteps(steps, generator.sampler.reference_step_quirk))
 
     peak = matmul_peak(device, DTYPES[args.dtype])
-    rows = []
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"{card}, torch {torch.__version__}, {args.dtype}{' + torch.compile (CUDA graphs)' if args.compile else ''}, "
+          f"{date.today()}; UNet {sum(p.numel() for p in generator.unet.parameters()) / 1e6:.1f} M params, "
+          f"{flops / 1e9:.1f} GFLOP per UNet image-step; {args.dtype} matmul peak {peak:.0f} TFLOP/s; "
+          f"marching cubes at {args.resolution}^3\n")
+    print("| schedule | first call s | end to end s | UNet TFLOP/s (32-view stage-2 batch) | of matmul peak |")
+    print("| --- | ---: | ---: | ---: | ---: |", flush=True)
     for name, polar, steps in (("default 75/50, polar given", 70.0, (STAGE1_STEPS, STAGE2_STEPS)),
                                ("default 75/50, polar estimated", None, (STAGE1_STEPS, STAGE2_STEPS)),
                                (f"fast {FAST_STEPS[0]}/{FAST_STEPS[1]}, polar given", 70.0, FAST_STEPS)):
@@ -109,19 +115,10 @@ def main() -> None:
         best = min(timed(run(polar, steps), device) for _ in range(args.repeats))
         unet_seconds = min(timed(lambda: generator.generate(torch.rand(3, arch.image_size, arch.image_size), [(0.0, 0.0)] * 32,
                                                             steps[1], seed=0), device) for _ in range(args.repeats))
-        work = image_steps((steps[1], 0), (32, 0))
-        rows.append((name, warm_up, best, flops * work / unet_seconds / 1e12))
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-    print(f"{card}, torch {torch.__version__}, {args.dtype}{' + torch.compile (CUDA graphs)' if args.compile else ''}, "
-          f"{date.today()}; UNet {sum(p.numel() for p in generator.unet.parameters()) / 1e6:.1f} M params, "
-          f"{flops / 1e9:.1f} GFLOP per UNet image-step; {args.dtype} matmul peak {peak:.0f} TFLOP/s; "
-          f"peak memory {memory:.1f} GiB\n")
-    print(f"marching cubes at {args.resolution}^3\n")
-    print("| schedule | first call s | end to end s | UNet TFLOP/s (32-view stage-2 batch) | of matmul peak |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for name, warm_up, best, tflops in rows:
-        print(f"| {name} | {warm_up:.2f} | {best:.2f} | {tflops:.0f} | {tflops / peak:.0%} |")
+        tflops = flops * image_steps(steps[1], 32) / unet_seconds / 1e12
+        print(f"| {name} | {warm_up:.2f} | {best:.2f} | {tflops:.0f} | {tflops / peak:.0%} |", flush=True)
+    if device.type == "cuda":
+        print(f"\npeak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
 
 
 if __name__ == "__main__":

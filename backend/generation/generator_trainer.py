@@ -153,10 +153,14 @@ class GeneratorTrainer:
         if meta["phase"] == UNET:
             self._set_phase(UNET)
             self.networks.vae.register_to_config(scaling_factor=float(meta["scaling_factor"]))
-            names = list(self._trainable())
-            self.ema = [tensors[f"ema.{name}"] for name in names]
+            self.ema = [torch.empty_like(param).copy_(tensors[f"ema.{name}"]) for name, param in self._trainable().items()]
         optimizer = {k[len("optimizer."):]: v for k, v in tensors.items() if k.startswith("optimizer.")}
         self.optimizer.load_state_dict(_unflatten_optimizer(optimizer, meta["optimizer"]))
+        for group in self.optimizer.param_groups:  # moments saved contiguous; fused AdamW wants each param's layout
+            for param in group["params"]:
+                for key, value in self.optimizer.state.get(param, {}).items():
+                    if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                        self.optimizer.state[param][key] = torch.empty_like(param).copy_(value)
 
     def _load_generator(self, folder: Path) -> None:
         generator = Zero123Generator.from_folder(folder)
