@@ -17,7 +17,8 @@ $(STAMP): requirements.txt
 demo: setup
 	mkdir -p demo_output
 	$(PY) -m backend reconstruct examples/spot_views -o demo_output/spot.glb --resolution 256 --overwrite
-	@echo "demo mesh: demo_output/spot.glb"
+	$(PY) -m backend image2mesh examples/spot_photo.png -o demo_output/spot_from_photo.glb --polar 70 --steps 30 --resolution 128 --overwrite
+	@echo "demo meshes: demo_output/spot.glb (from the bundled views), demo_output/spot_from_photo.glb (one photo, bundled generator)"
 
 test: setup
 	$(PY) -m pytest -q

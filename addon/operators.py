@@ -26,7 +26,6 @@ from .preferences import (BackendFailure, backend_busy, close_client, get_client
 # other files the Image File source is given go through Blender and a PNG copy.
 BACKEND_FORMATS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".exr")
 POLL_INTERVAL = 0.2  # seconds between polls of the backend in the UI
-NO_GENERATOR = "no view generator: set the Zero123 folder in the add-on's preferences, or use the Views Folder source"
 
 _run: "Run | None" = None  # the run the timer is polling
 
@@ -124,10 +123,9 @@ def _readable_image(path: Path, folder: str) -> Path:
 
 
 def _image_job(image: Path, settings: bpy.types.PropertyGroup, prefs: bpy.types.AddonPreferences) -> dict:
-    if not prefs.zero123_dir.strip():
-        raise SettingsError(NO_GENERATOR)
+    zero123 = _absolute(prefs.zero123_dir, "the Zero123 folder") if prefs.zero123_dir.strip() else None  # None: the bundled one
     return {
-        "kind": "image2mesh", "image": str(image), "zero123": _absolute(prefs.zero123_dir, "the Zero123 folder"),
+        "kind": "image2mesh", "image": str(image), "zero123": zero123,
         "polar": None if settings.auto_polar else round(math.degrees(settings.polar), 3),
         "steps": max(2, settings.steps) if settings.steps else None, "seed": settings.seed,
         "resolution": settings.resolution, "checkpoint": selected_checkpoint(prefs), "device": prefs.device, "views_dir": None,

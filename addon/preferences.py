@@ -218,7 +218,7 @@ class IMAGETO3D_AddonPreferences(bpy.types.AddonPreferences):
     checkpoint: EnumProperty(name="Checkpoint", description="Reconstruction checkpoint (Refresh lists what the folders hold)",
                              items=_checkpoint_items, get=_get_checkpoint, set=_set_checkpoint)
     zero123_dir: StringProperty(name="Zero123 Folder", subtype="DIR_PATH",
-                                description="A Zero123 / Zero123-XL diffusers folder: the view generator that images need")
+                                description="A Zero123 / Zero123-XL diffusers folder for the views; empty = the bundled small generator")
     device: EnumProperty(name="Device", items=DEVICES, default="auto")
     backend_mode: EnumProperty(name="Backend", items=BACKEND_MODES, default="IN_PROCESS")
     python_path: StringProperty(name="Python", subtype="FILE_PATH", default=sys.executable,

@@ -38,9 +38,6 @@ MESH_FILE = "mesh.npz"
 VIEWS_FILE = "views.png"
 SHEET_TILE = 128
 SHEET_COLUMNS = 9
-NO_GENERATOR = ("no view generator: choose a Zero123 / Zero123-XL diffusers folder (or convert zero123-xl.ckpt "
-                "with `python -m backend convert-zero123`)")
-
 
 def serve(stdin: TextIO, stdout: TextIO, results_dir: Path | None = None) -> None:
     """Answer protocol lines from ``stdin`` on ``stdout`` until a shutdown request or end of input.
@@ -304,13 +301,13 @@ def _image2mesh(job: dict, ctx: _JobContext) -> tuple[str, dict]:
     from .image_to_mesh import STAGE1_STEPS, STAGE2_STEPS, ImageToMeshPipeline
     from .preprocess import prepare
 
-    if job["zero123"] is None:
-        raise InputError(NO_GENERATOR)
+    from .generation.bundled import generator_folder
+
     ctx.progress("preprocess", 0, 1)
     prepared = prepare(job["image"])  # a bad image fails in a moment, before any model is loaded
     ctx.progress("preprocess", 1, 1)
     device = resolve_device(job["device"])
-    generator = ctx.models.generator(job["zero123"], device, ctx.progress)
+    generator = ctx.models.generator(str(generator_folder(job["zero123"])), device, ctx.progress)
     reconstruction = ctx.models.reconstruction(job["checkpoint"], device, ctx.progress)
     loaded = time.perf_counter()
     steps = job["steps"]

@@ -319,14 +319,19 @@ def test_missing_views_folder_is_one_error_line_and_adds_nothing(settings: bpy.t
     assert bpy.ops.imageto3d.generate.poll()  # ready for the next run
 
 
-def test_image_source_without_view_generator_is_refused(settings: bpy.types.PropertyGroup) -> None:
-    settings.source, settings.image = "DATABLOCK", bpy.data.images.new("unsaved", 64, 64)
+def test_missing_zero123_folder_is_one_error_line_naming_it(settings: bpy.types.PropertyGroup, prefs: bpy.types.AddonPreferences,
+                                                             tmp_path: Path) -> None:
+    settings.source, settings.image = "DATABLOCK", bpy.data.images.load(str(SPOT_VIEWS / "stage1_8" / "0.png"))
+    prefs.zero123_dir = str(tmp_path / "no zero123")
+    before = _datablock_counts()
     try:
         with pytest.raises(RuntimeError) as exc:
             bpy.ops.imageto3d.generate()
-        assert _error_line(exc).startswith("no view generator")
+        assert "no zero123" in _error_line(exc) and "does not exist" in _error_line(exc)
+        assert _datablock_counts() == before
     finally:
         bpy.data.images.remove(settings.image)
+        prefs.zero123_dir = ""
 
 
 def test_batch_reports_every_failure_and_leaves_nothing_half_made(settings: bpy.types.PropertyGroup, tmp_path: Path) -> None:
@@ -343,6 +348,7 @@ def test_batch_reports_every_failure_and_leaves_nothing_half_made(settings: bpy.
     bpy.data.images.remove(exr)
     (out / "done.glb").write_bytes(b"an earlier result")
 
+    bpy.context.preferences.addons["addon"].preferences.zero123_dir = str(tmp_path / "no zero123")  # every image fails
     with pytest.raises(RuntimeError) as exc:
         bpy.ops.imageto3d.batch(input_dir=str(source), output_dir=str(tmp_path / "nowhere"))
     assert "does not exist" in _error_line(exc)
@@ -355,9 +361,10 @@ def test_batch_reports_every_failure_and_leaves_nothing_half_made(settings: bpy.
     assert summary.name.startswith("Image to 3D batch ")
     lines = summary.as_string().splitlines()
     row = {name: next(line for line in lines if f" {name}" in line) for name in ("cow.png", "hdr.exr", "broken.png", "done.png")}
-    assert row["cow.png"].startswith("failed") and "no view generator" in row["cow.png"]
-    assert row["hdr.exr"].startswith("failed") and "no view generator" in row["hdr.exr"]
-    assert row["broken.png"].startswith("failed") and "no view generator" in row["broken.png"]
+    bpy.context.preferences.addons["addon"].preferences.zero123_dir = ""
+    assert row["cow.png"].startswith("failed") and "does not exist" in row["cow.png"]
+    assert row["hdr.exr"].startswith("failed") and row["broken.png"].startswith("failed")
+    assert "broken.png" in row["broken.png"] and "does not exist" not in row["broken.png"]  # the image's own problem first
     assert row["done.png"].startswith("skipped") and "exists" in row["done.png"]
     assert not any("notes.txt" in line for line in lines)
     state = bpy.context.window_manager.image_to_3d
