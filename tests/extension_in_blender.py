@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -37,7 +38,9 @@ def generate(image: str, result_path: str, zero123: str = "", checkpoint: str = 
     prefs.zero123_dir, prefs.checkpoint_path = zero123, checkpoint  # "": the bundled one
     settings = bpy.context.scene.image_to_3d
     settings.source, settings.filepath = "FILE", image
-    settings.resolution, settings.seed, settings.steps, settings.auto_polar = 48, 0, 2, False
+    # a few sampler steps keep the CPU run short: 2 for tiny test models, 20 for the bundled generator
+    settings.resolution, settings.seed, settings.steps, settings.auto_polar = 64, 0, 2 if zero123 else 20, False
+    settings.polar = math.radians(70.0)
     before = set(bpy.data.objects)
     status = bpy.ops.imageto3d.generate()
     [obj] = set(bpy.data.objects) - before
