@@ -26,16 +26,11 @@ from backend.generation.ddim import ddim_timesteps
 from backend.image_to_mesh import STAGE1_STEPS, STAGE2_STEPS, ImageToMeshPipeline
 from backend.reconstruction import ReconstructionPipeline
 
-from .bench_zero123 import DTYPES, FULL_CLIP, TINY_ARCH, TINY_CLIP, build
+from .bench_zero123 import DTYPES, FULL_CLIP, TINY_ARCH, TINY_CLIP, build, timed
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "spot_views" / "stage1_8" / "0.png"
 FAST_STEPS = (12, 8)
-
-
-def synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 8192, repeats: int = 50) -> float:
@@ -44,14 +39,13 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 8192, repe
         size, repeats = 1024, 3
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    synchronise(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    synchronise(device)
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
+
+    def multiply() -> None:
+        for _ in range(repeats):
+            a @ b
+
+    timed(multiply, device)  # warm-up
+    return 2 * size**3 * repeats / timed(multiply, device) / 1e12
 
 
 def unet_flops(unet: torch.nn.Module, arch: LdmArchitecture, device: torch.device, dtype: torch.dtype) -> float:
@@ -62,14 +56,6 @@ def unet_flops(unet: torch.nn.Module, arch: LdmArchitecture, device: torch.devic
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         unet(sample, torch.tensor([500, 500], device=device), encoder_hidden_states=context)
     return counter.get_total_flops() / 2
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    synchronise(device)
-    start = time.perf_counter()
-    fn()
-    synchronise(device)
-    return time.perf_counter() - start
 
 
 def main() -> None:
