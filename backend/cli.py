@@ -113,10 +113,16 @@ def _train(args: argparse.Namespace) -> None:
 
     from .models import ReconstructorConfig
     from .distributed import DistributedContext
+    from .training.dataset_format import SPLIT_FILE, RenderedFolderSource
     from .training.sources import MeshFolderSource, ProceduralSource
     from .training.trainer import Trainer, TrainConfig
 
-    source = ProceduralSource() if args.data == "procedural" else MeshFolderSource(args.data, args.up_axis)
+    if args.data == "procedural":
+        source = ProceduralSource()
+    elif (Path(args.data) / SPLIT_FILE).is_file():
+        source = RenderedFolderSource(args.data)
+    else:
+        source = MeshFolderSource(args.data, args.up_axis)
     config = TrainConfig(steps=args.steps, seed=args.seed, batch=args.batch, rays=args.rays, checkpoint_every=args.checkpoint_every,
                          generated_fraction=args.generated_fraction, generator_steps=args.generator_steps,
                          model=ReconstructorConfig(volume_resolution=args.volume_resolution))
@@ -172,6 +178,14 @@ def _train_generator(args: argparse.Namespace) -> None:
     trainer.train(stderr_progress, stop_after=args.time_limit)
     print(f"checkpoint at VAE step {trainer.vae_step}, UNet step {trainer.step}: {args.out}"
           + (f" (generator: {args.out / EXPORT_DIR})" if trainer.step else ""), file=sys.stderr)
+
+
+def _render_dataset(args: argparse.Namespace) -> None:
+    from .training.render_dataset import render_dataset
+
+    split = render_dataset(args.mesh_dir, args.out_dir, args.renderer, args.up_axis, args.object_size, tuple(args.polar_range),
+                           args.val_fraction, args.seed, args.blender, stderr_progress)
+    print(f"wrote {len(split['train'])} training and {len(split['val'])} validation objects to {args.out_dir}", file=sys.stderr)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -279,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Train the reconstruction network end to end; resumable, checkpoints in our safetensors format. "
                                          "Runs unchanged under `torchrun --nproc_per_node N -m backend train ...` "
                                          "(DistributedDataParallel; NCCL on GPUs, gloo on the CPU; rank 0 writes).")
-    tr.add_argument("--data", default="procedural", help="'procedural' (default) or a folder of meshes (OBJ/PLY/GLB)")
+    tr.add_argument("--data", default="procedural", help="'procedural' (default), a training set made by render-dataset (it has split.json), "
+                                                          "or a folder of meshes (OBJ/PLY/GLB)")
     tr.add_argument("--up-axis", choices=("z", "y"), default="z", help="up axis of the meshes in --data (default z)")
     tr.add_argument("--out", type=Path, required=True, help="run folder; it is also a selectable checkpoint")
     tr.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
@@ -328,6 +343,24 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--device", default="auto")
     tg.add_argument("--seed", type=int, default=0)
     tg.set_defaults(run=_train_generator)
+
+    rd = commands.add_parser("render-dataset", help="a folder of meshes -> a training set in One-2-3-45's layout",
+                             description="Render every mesh (OBJ/PLY/GLB..., textured or not) at the One-2-3-45 rig into the "
+                                         "training layout `train --data` reads: 8 target views with uint16 depth in mm, "
+                                         "32 source views, pose.json per object, split.json. Colour from Blender's Cycles "
+                                         "(a separate Blender process) or the built-in rasterizer; depth from the rasterizer.")
+    rd.add_argument("mesh_dir", type=Path, metavar="MESH_DIR")
+    rd.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    rd.add_argument("--renderer", choices=("blender", "builtin"), default="blender")
+    rd.add_argument("--blender", default=None, metavar="PATH",
+                    help="Blender executable (default: this Python's bpy module, as `pip install bpy` provides)")
+    rd.add_argument("--up-axis", choices=("z", "y"), default="z", help="up axis of the meshes (default z)")
+    rd.add_argument("--object-size", type=float, default=0.7, help="longest side of each object in world units (default 0.7)")
+    rd.add_argument("--polar-range", type=float, nargs=2, default=(45.0, 120.0), metavar=("MIN", "MAX"),
+                    help="input polar angles drawn per object, degrees (default 45 120)")
+    rd.add_argument("--val-fraction", type=float, default=0.1, help="share of objects in the validation split (default 0.1)")
+    rd.add_argument("--seed", type=int, default=0)
+    rd.set_defaults(run=_render_dataset)
 
     ev = commands.add_parser("evaluate", help="score a checkpoint on meshes rendered at the rig",
                              description="Render each mesh at the One-2-3-45 rig, reconstruct, and report Chamfer, F-score, "

@@ -1,4 +1,5 @@
-"""Where training objects come from: procedural shapes (with exact SDFs) or a folder of meshes."""
+"""Where training samples come from: procedural shapes (with exact SDFs) or a folder of meshes, rendered on the fly,
+or a rendered training set on disk (``dataset_format.RenderedFolderSource``)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,29 @@ import torch
 
 from ..render.mesh_views import load_normalised_mesh, procedural_colors
 from .procedural import random_object
-from .samples import SceneObject
+from .samples import SceneObject, TrainingSample, make_sample
 
 MESH_SUFFIXES = (".obj", ".ply", ".glb", ".gltf", ".off", ".stl")
 
 
-class ObjectSource(Protocol):
-    def object(self, seed: int, device: torch.device) -> SceneObject: ...
+class SampleSource(Protocol):
+    def sample(self, rng: np.random.Generator, polar_range: tuple[float, float], sdf_points: int, with_stage1: bool) -> TrainingSample: ...
 
     def describe(self) -> dict: ...
 
 
-class ProceduralSource:
+class RenderingSource:
+    """Objects rendered at the rig as they are drawn: each sample is a new object from a seed."""
+
+    def object(self, seed: int, device: torch.device) -> SceneObject:
+        raise NotImplementedError
+
+    def sample(self, rng: np.random.Generator, polar_range: tuple[float, float], sdf_points: int, with_stage1: bool) -> TrainingSample:
+        obj = self.object(int(rng.integers(2**31)), torch.device("cpu"))
+        return make_sample(obj, rng, polar_range, sdf_points, with_stage1=with_stage1)
+
+
+class ProceduralSource(RenderingSource):
     """Endless random compositions of primitives; each seed is one object."""
 
     def __init__(self, mesh_resolution: int = 96) -> None:
@@ -39,7 +51,7 @@ class ProceduralSource:
         return {"kind": "procedural", "mesh_resolution": self.mesh_resolution}
 
 
-class MeshFolderSource:
+class MeshFolderSource(RenderingSource):
     """A user's mesh collection: each seed picks a mesh and a random turn about the vertical axis."""
 
     def __init__(self, folder: str | Path, up_axis: str = "z") -> None:

@@ -31,8 +31,8 @@ from ..distributed import DistributedContext
 from .losses import LossWeights
 from .objective import ScheduleState, TrainingObjective
 from .run_log import LOG_FILE, RunLog
-from .samples import TrainingSample, make_sample
-from .sources import ObjectSource
+from .samples import TrainingSample
+from .sources import SampleSource
 
 STATE_WEIGHTS = "training_state.safetensors"
 STATE_META = "training_state.json"
@@ -101,7 +101,7 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 class StepSamples(torch.utils.data.Dataset):
     """Item ``index`` is global sample ``index`` (step * batch + i), built on the CPU (in loader workers) from seed (seed, index)."""
 
-    def __init__(self, source: ObjectSource, config: TrainConfig) -> None:
+    def __init__(self, source: SampleSource, config: TrainConfig) -> None:
         self.source = source
         self.config = config
 
@@ -111,15 +111,14 @@ class StepSamples(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> TrainingSample:
         torch.set_num_threads(1)
         rng = np.random.default_rng([self.config.seed, index])
-        obj = self.source.object(int(rng.integers(2**31)), torch.device("cpu"))
-        return make_sample(obj, rng, self.config.polar_range, self.config.sdf_points, with_stage1=self.config.generated_fraction > 0)
+        return self.source.sample(rng, self.config.polar_range, self.config.sdf_points, self.config.generated_fraction > 0)
 
 
 class Trainer:
     def __init__(
         self,
         config: TrainConfig,
-        source: ObjectSource,
+        source: SampleSource,
         out_dir: str | Path,
         device: torch.device,
         resume: bool = False,
