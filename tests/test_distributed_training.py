@@ -38,7 +38,7 @@ def test_two_ddp_processes_match_one_process_with_the_whole_batch(tmp_path: Path
     for (name, a), (_, b), (_, start) in zip(one.named_parameters(), two.named_parameters(), initial.named_parameters()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
         moved += int(not torch.equal(a, start))
-    assert moved > 100  # nearly every tensor took both steps
+    assert moved >= 0.9 * len(list(initial.parameters()))  # nearly every tensor took both steps
     logs = [[json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()] for run in ("single", "ddp")]
     assert [r["step"] for r in logs[1]] == [1, 2]  # one log, written once, not once per rank
     for a, b in zip(*logs):  # rank-averaged metrics equal the one-process batch means
