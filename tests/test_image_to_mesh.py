@@ -117,7 +117,8 @@ def test_image2mesh_cli_with_tiny_random_models(photo: Path, zero123_folder: Pat
     assert (tmp_path / "views" / "pose.json").is_file() and len(list((tmp_path / "views" / "stage1_8").iterdir())) == 8
 
 
-def test_missing_generator_is_one_clear_line(photo: Path, tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "backend", "image2mesh", str(photo), "-o", str(tmp_path / "m.glb")],
-                            cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--zero123" in result.stderr
+def test_missing_generator_folder_is_one_clear_line(photo: Path, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "backend", "image2mesh", str(photo), "-o", str(tmp_path / "m.glb"),
+                             "--zero123", str(tmp_path / "no zero123")], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "no zero123" in result.stderr and "does not exist" in result.stderr
