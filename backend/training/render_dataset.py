@@ -2,9 +2,9 @@
 
 Each mesh is normalised (longest side ``object_size``, z up), turned about the vertical axis and given an
 input polar angle, both drawn from the seed. Colour comes from Blender's Cycles (textures, materials and
-vertex colours as Blender reads them; run in a separate Blender process, so the backend never imports
-``bpy``) or from the built-in PyTorch rasterizer. Depth always comes from the rasterizer on the very
-same normalised mesh and cameras, so it is exact whichever renderer made the colours.
+vertex colours as Blender reads them), run by ``tools/blender_render_rig.py`` in a separate Blender process
+so the backend never imports ``bpy``, or from the built-in PyTorch rasterizer. Depth always comes from the
+rasterizer on the same normalised mesh and cameras, so it is exact whichever renderer made the colours.
 """
 
 from __future__ import annotations
@@ -29,13 +29,17 @@ from .dataset_format import FOLDER_ID, write_object, write_split
 from .samples import NUM_STAGE1
 from .sources import MESH_SUFFIXES
 
-BLENDER_SCRIPT = Path(__file__).resolve().parents[1] / "render" / "blender_rig_script.py"
+# The Blender side sits in the repository's tools/, outside the backend package (which never imports bpy).
+BLENDER_SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "blender_render_rig.py"
 RENDERERS = ("blender", "builtin")
 CYCLES_SAMPLES = 32
 
 
 def blender_command(blender: str | None) -> list[str]:
     """How to run the Blender script: a Blender executable, or this Python when it has the ``bpy`` module."""
+    if not BLENDER_SCRIPT.is_file():
+        raise BackendError(f"{BLENDER_SCRIPT} is missing: run render-dataset from a checkout of the project, "
+                           "or use --renderer builtin")
     if blender:
         return [blender, "-b", "--factory-startup", "--python", str(BLENDER_SCRIPT), "--"]
     if importlib.util.find_spec("bpy") is None:

@@ -1,10 +1,10 @@
-"""Render one mesh at a list of cameras with Blender's Cycles: run BY Blender's Python, never imported by the backend.
+"""Render one mesh at a list of cameras with Blender's Cycles; run by Blender's Python, outside the backend.
 
-    python blender_rig_script.py JOB.json                          (Python with the ``bpy`` module)
-    blender -b --factory-startup --python blender_rig_script.py -- JOB.json
+    python tools/blender_render_rig.py JOB.json                          (Python with the ``bpy`` module)
+    blender -b --factory-startup --python tools/blender_render_rig.py -- JOB.json
 
-The backend process stays free of ``bpy``: ``render_dataset`` writes JOB.json and runs this file in a
-separate process. JOB.json: ``mesh`` (a GLB in glTF's y-up axes), ``size`` (pixels), ``focal`` (pixels),
+It lives outside ``backend/`` because the backend never imports ``bpy``: ``backend.training.render_dataset``
+writes JOB.json and runs this file in a separate process. JOB.json: ``mesh`` (a GLB in glTF's y-up axes), ``size`` (pixels), ``focal`` (pixels),
 ``samples`` (Cycles samples) and ``views``: a list of {``c2w``: 4x4 OpenGL camera-to-world in the z-up
 world, ``path``: the RGBA PNG to write}. Lighting is a uniform white environment, so colours read as
 they are (as in the rasterizer's renders) while Cycles adds soft occlusion.
