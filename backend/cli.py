@@ -44,15 +44,21 @@ def _convert_zero123(args: argparse.Namespace) -> None:
     print(f"wrote {result.out_dir} ({weights} UNet weights)", file=sys.stderr)
 
 
-def _image_pipeline(args: argparse.Namespace, device: object) -> tuple[object, int, int]:
-    """The image -> mesh pipeline and the two stages' step counts that ``image2mesh`` and ``batch`` share."""
+def _view_generator(folder: Path | None, device: object, precision: str = "auto") -> object:
+    """The Zero123 folder given, or the bundled generator, loaded for ``device``."""
     from .devices import generation_dtype
     from .generation.bundled import generator_folder
     from .generation.zero123 import Zero123Generator
+
+    return Zero123Generator.from_folder(generator_folder(folder), device, generation_dtype(device, precision))
+
+
+def _image_pipeline(args: argparse.Namespace, device: object) -> tuple[object, int, int]:
+    """The image -> mesh pipeline and the two stages' step counts that ``image2mesh`` and ``batch`` share."""
     from .image_to_mesh import STAGE1_STEPS, STAGE2_STEPS, ImageToMeshPipeline
     from .reconstruction import ReconstructionPipeline
 
-    generator = Zero123Generator.from_folder(generator_folder(args.zero123), device, generation_dtype(device, args.precision))
+    generator = _view_generator(args.zero123, device, args.precision)
     pipeline = ImageToMeshPipeline(generator, ReconstructionPipeline.from_checkpoint(args.checkpoint, str(device)))
     stage1, stage2 = (args.steps, max(2, round(args.steps * 2 / 3))) if args.steps else (STAGE1_STEPS, STAGE2_STEPS)
     return pipeline, stage1, stage2
@@ -136,14 +142,7 @@ def _train(args: argparse.Namespace) -> None:
     try:
         if context.device.type == "cuda":
             torch_backends_for_training()
-        view_generator = None
-        if args.generated_fraction > 0:
-            from .devices import generation_dtype
-            from .generation.bundled import generator_folder
-            from .generation.zero123 import Zero123Generator
-
-            view_generator = Zero123Generator.from_folder(generator_folder(args.generator), context.device,
-                                                          generation_dtype(context.device))
+        view_generator = _view_generator(args.generator, context.device) if args.generated_fraction > 0 else None
         trainer = Trainer(config, source, args.out, context.device, resume=args.resume, context=context,
                           view_generator=view_generator, init_from=args.init_from)
         if context.is_main:
@@ -199,12 +198,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     pipeline = ReconstructionPipeline.from_checkpoint(args.checkpoint, args.device)
     generator = None
     if args.generator is not None:
-        from .devices import generation_dtype
-        from .generation.bundled import generator_folder
-        from .generation.zero123 import Zero123Generator
-
-        folder = None if str(args.generator) == "bundled" else args.generator
-        generator = Zero123Generator.from_folder(generator_folder(folder), pipeline.device, generation_dtype(pipeline.device))
+        generator = _view_generator(None if str(args.generator) == "bundled" else args.generator, pipeline.device)
     steps = (args.steps, max(2, round(args.steps * 2 / 3))) if args.steps else (75, 50)
     print(evaluate(pipeline, meshes, args.out, args.up_axis, args.polar, args.resolution, args.object_size, generator, steps))
 
