@@ -126,6 +126,11 @@ def test_resume_repeats_the_uninterrupted_run(straight_run: Path, tmp_path: Path
         assert torch.equal(b[key], value), key
 
 
+def test_resume_without_saved_state_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="holds no training state"):
+        GeneratorTrainer(TINY, tmp_path / "empty", CPU, resume=True)
+
+
 def test_export_loads_as_a_zero123_generator(straight_run: Path) -> None:
     folder = straight_run / EXPORT_DIR
     weights = load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from backend.checkpoints import load_reconstructor
+from backend.errors import CheckpointError
 from backend.models import ReconstructorConfig
 from backend.training.samples import make_sample
 from backend.training.sources import MeshFolderSource, ProceduralSource
@@ -63,12 +64,19 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     log = [json.loads(line) for line in (tmp_path / "straight" / LOG_FILE).read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["total"]) for r in log)
     with Image.open(tmp_path / "straight" / "curves.png") as curves:  # the run's training-curve plot
-        assert curves.size == (840, 520) and len(set(curves.getdata())) > 10
+        assert curves.size == (840, 520) and len(set(curves.get_flattened_data())) > 10
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tmp_path / "straight" / "tensorboard"))
     events.Reload()
     assert [(e.step, round(e.value, 5)) for e in events.Scalars("train/total")] == [(r["step"], round(r["total"], 5)) for r in log]
+
+
+def test_resume_without_saved_state_is_an_error(tmp_path: Path) -> None:
+    """Resuming into an empty run folder used to train from scratch silently; now it says what is wrong."""
+    with pytest.raises(CheckpointError, match="holds no training state"):
+        Trainer(TrainConfig(steps=2, **TINY), ProceduralSource(40), tmp_path / "empty", torch.device("cpu"), resume=True)
+    assert not (tmp_path / "empty").exists()
 
 
 def test_mesh_folder_source(shared_meshes: Path, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from ..errors import CheckpointError
 from ..files import atomic_write
 from ..progress import ProgressCallback, no_progress
 from ..training.sources import MeshFolderSource, ProceduralSource
-from ..training.trainer import _flatten_optimizer, _unflatten_optimizer
+from ..training.trainer import _flatten_optimizer, _unflatten_optimizer, resume_state
 from .ddim import NoiseSchedule
 from .small_model import GeneratorNetworks, SmallGeneratorConfig
 from .view_bank import RigObjects, ViewBank, ViewPairs, image_batch
@@ -107,7 +107,7 @@ class GeneratorTrainer:
         self.config = config
         self.out_dir = Path(out_dir)
         self.device = device
-        meta = json.loads((self.out_dir / STATE_META).read_text()) if resume and (self.out_dir / STATE_META).is_file() else None
+        meta = resume_state(self.out_dir, resume)
         model_config = SmallGeneratorConfig.from_dict(meta["config"]["model"]) if meta else config.model
         torch.manual_seed(config.seed)
         self.networks = GeneratorNetworks(model_config).to(device)

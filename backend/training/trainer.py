@@ -22,6 +22,7 @@ import torch
 
 from ..cameras import STAGE2_DELTAS
 from ..checkpoints import load_reconstructor, save_checkpoint
+from ..errors import CheckpointError
 from ..evaluation.curves import plot_training_curves
 from ..files import atomic_write
 from ..generation.base import ViewGenerator
@@ -37,6 +38,17 @@ from .sources import SampleSource
 STATE_WEIGHTS = "training_state.safetensors"
 STATE_META = "training_state.json"
 CURVES_FILE = "curves.png"
+
+
+def resume_state(out_dir: Path, resume: bool) -> dict | None:
+    """The run folder's saved state when ``resume`` is asked for; an error, not a silent fresh start, when it has none."""
+    if not resume:
+        return None
+    path = out_dir / STATE_META
+    if not path.is_file():
+        raise CheckpointError(f"--resume: {out_dir} holds no training state ({STATE_META}); "
+                              "give the folder of an interrupted run, or leave out --resume to start a new one")
+    return json.loads(path.read_text())
 
 
 @dataclass(frozen=True)
@@ -138,26 +150,25 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.device = device
         self.step = 0
-        resuming = resume and (self.out_dir / STATE_META).is_file()
-        if resuming or init_from is not None:
-            model, _ = load_reconstructor(self.out_dir if resuming else init_from)
+        saved = resume_state(self.out_dir, resume)
+        if saved is not None or init_from is not None:
+            model, _ = load_reconstructor(self.out_dir if saved is not None else init_from)
         else:
             torch.manual_seed(config.seed)
             model = One2345Reconstructor(config.model)
         self.model = model.to(device).train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        if resuming:
-            self._load_state()
+        if saved is not None:
+            self._load_state(saved)
         objective = TrainingObjective(self.model, config.weights, config.rays, config.random_sdf_points)
         self.objective: torch.nn.Module = objective
         if self.context.active:
             ids = [device] if device.type == "cuda" else None
             self.objective = torch.nn.parallel.DistributedDataParallel(objective, device_ids=ids)
 
-    def _load_state(self) -> None:
+    def _load_state(self, meta: dict) -> None:
         from safetensors.torch import load_file
 
-        meta = json.loads((self.out_dir / STATE_META).read_text())
         tensors = load_file(str(self.out_dir / STATE_WEIGHTS), device=str(self.device))
         self.optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
         self.step = int(meta["step"])
