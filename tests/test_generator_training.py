@@ -21,7 +21,7 @@ from backend.generation.generator_trainer import (EXPORT_DIR, LOG_FILE, STATE_WE
                                                   GeneratorTrainer, conditioned_inputs)
 from backend.generation.small_model import TINY_GENERATOR, GeneratorNetworks, SmallGeneratorConfig
 from backend.generation.view_bank import RIG_VIEWS, RigObjects, ViewBank, pose_vectors, schedule_pairs
-from backend.generation.zero123 import Zero123Generator, guidance_inputs
+from backend.generation.zero123 import START_NOISED_CONDITION, Zero123Generator, guidance_inputs
 from backend.training.sources import ProceduralSource
 
 TINY = GeneratorTrainConfig(vae_steps=2, steps=2, vae_batch=4, batch=4, warmup=1, objects=2, refresh_every=1,
@@ -137,7 +137,7 @@ def test_export_loads_as_a_zero123_generator(straight_run: Path) -> None:
     assert all(v.dtype == torch.float16 for v in weights.values())
     assert json.loads((folder / "training.json").read_text())["step"] == TINY.steps
     generator = Zero123Generator.from_folder(folder)
-    assert generator.vae.config.scaling_factor != 1.0
+    assert generator.vae.config.scaling_factor != 1.0 and generator.sampler.start == START_NOISED_CONDITION
     views = generator.generate(torch.rand(3, 64, 64), [(0.0, 90.0), (30.0, 210.0)], steps=3, seed=0)
     assert views.shape == (2, 3, 64, 64) and torch.isfinite(views).all()
 

@@ -21,7 +21,8 @@ from backend.errors import CancelledError, CheckpointError, InputError
 from backend.generation import ViewGenerator
 from backend.generation.convert import LdmArchitecture, convert_zero123_checkpoint
 from backend.generation.ddim import ddim_step, ddim_timesteps
-from backend.generation.zero123 import SamplerConfig, Zero123Generator, clip_pixels, combine_guidance, guidance_inputs
+from backend.generation.zero123 import (START_NOISE, START_NOISED_CONDITION, SamplerConfig, Zero123Generator, clip_pixels,
+                                        combine_guidance, guidance_inputs)
 
 from .tiny_zero123 import TINY, tiny_generator
 
@@ -201,6 +202,24 @@ def test_save_and_load_round_trip(generator: Zero123Generator, folder: Path, ima
     assert {p.name for p in folder.iterdir()} >= {"model_index.json", "unet", "vae", "image_encoder", "cc_projection", "scheduler"}
     loaded = Zero123Generator.from_folder(folder, "cpu", torch.float32)
     assert_same_views(generator.generate(image, POSES, STEPS, seed=11), loaded.generate(image, POSES, STEPS, seed=11))
+
+
+def test_sampler_start_is_saved_and_read_from_the_folder(generator: Zero123Generator, folder: Path, tmp_path: Path, image):
+    """sampler.json: a folder without one samples as the reference; a start from the noised input latent changes
+    the first latent only; a malformed file is one clear error naming it."""
+    assert json.loads((folder / "sampler.json").read_text()) == {"start": START_NOISE}
+    copy = _broken_copy(folder, tmp_path)
+    (copy / "sampler.json").unlink()
+    assert Zero123Generator.from_folder(copy).sampler == SamplerConfig()
+    (copy / "sampler.json").write_text(json.dumps({"start": START_NOISED_CONDITION}))
+    loaded = Zero123Generator.from_folder(copy)
+    assert loaded.sampler.start == START_NOISED_CONDITION
+    reference = generator.generate(image, POSES, STEPS, seed=3)
+    assert not torch.allclose(loaded.generate(image, POSES, STEPS, seed=3), reference)
+    for bad in ('{"start": "zeros"}', '{"start": "noise", "eta": 0}', "[1]", "{"):
+        (copy / "sampler.json").write_text(bad)
+        with pytest.raises(CheckpointError, match="sampler.json"):
+            Zero123Generator.from_folder(copy)
 
 
 def test_projection_key_layouts(generator: Zero123Generator, folder: Path, tmp_path: Path, image):

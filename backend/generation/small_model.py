@@ -19,7 +19,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from .convert import LdmArchitecture
 from .projection import CameraProjection
-from .zero123 import Zero123Generator
+from .zero123 import START_NOISED_CONDITION, SamplerConfig, Zero123Generator
 
 # Weights are trained in float32 and shipped in float16: twice the network for the same file sizes.
 EXPORT_DTYPE = torch.float16
@@ -95,7 +95,9 @@ class GeneratorNetworks(nn.Module):
         copy_ = copy.deepcopy(self).to("cpu", EXPORT_DTYPE).to(memory_format=torch.contiguous_format)
         if weights is not None:
             copy_.load_state_dict(weights)
-        Zero123Generator(copy_.unet, copy_.vae, copy_.image_encoder, copy_.projection, "cpu", EXPORT_DTYPE).save_folder(folder)
+        sampler = SamplerConfig(start=START_NOISED_CONDITION)  # our VAE's latents are not zero-mean: see SamplerConfig.start
+        Zero123Generator(copy_.unet, copy_.vae, copy_.image_encoder, copy_.projection, "cpu", EXPORT_DTYPE,
+                         sampler).save_folder(folder)
 
 
 def _init_projection(projection: CameraProjection) -> None:

@@ -41,6 +41,9 @@ DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_m
 TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError)
 STAGE = "zero123"
+SAMPLER_FILE = "sampler.json"  # our addition to the diffusers layout: how a folder's network wants sampling started
+START_NOISE = "noise"
+START_NOISED_CONDITION = "noised_condition"
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,27 @@ class SamplerConfig:
     eta: float = 1.0
     reference_step_quirk: bool = True
     schedule: NoiseSchedule = field(default_factory=NoiseSchedule)
+    # Where the first latent comes from. "noise" is the reference. "noised_condition" adds the conditioning
+    # view's latent at the first timestep's signal level: the LDM schedule never reaches zero signal, so a
+    # network trained on latents that are far from zero-mean (our small VAE's) learns to read the target's faint
+    # mean colour from the noisiest input and, given pure noise, paints every object dark green.
+    start: str = START_NOISE
+
+    @classmethod
+    def from_folder(cls, root: Path) -> SamplerConfig:
+        """The folder's ``sampler.json`` (``{"start": ...}``), or the reference sampler when there is none."""
+        path = root / SAMPLER_FILE
+        if not path.is_file():
+            return cls()
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path} is not readable JSON ({exc}): delete it to sample as the reference does") from None
+        start = values.get("start") if isinstance(values, dict) else None
+        if start not in (START_NOISE, START_NOISED_CONDITION) or set(values) != {"start"}:
+            raise CheckpointError(f'{path} must be {{"start": "{START_NOISE}"}} or {{"start": "{START_NOISED_CONDITION}"}}, '
+                                  f"not {values!r}: delete it to sample as the reference does")
+        return cls(start=start)
 
 
 def clip_pixels(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -112,9 +136,11 @@ class Zero123Generator:
         path: Path | str,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
-        sampler: SamplerConfig = SamplerConfig(),
+        sampler: SamplerConfig | None = None,
     ) -> Zero123Generator:
-        """Load a diffusers-format Zero123 folder from disk only (``local_files_only``; nothing is downloaded)."""
+        """Load a diffusers-format Zero123 folder from disk only (``local_files_only``; nothing is downloaded).
+
+        ``sampler`` defaults to the folder's ``sampler.json``, else the reference sampler."""
         root = Path(path)
         if not root.is_dir():
             raise CheckpointError(f"the Zero123 folder {root} does not exist: {HOW_TO_GET}")
@@ -127,6 +153,7 @@ class Zero123Generator:
         folder = projection_folder(root)
         if folder is None:
             raise CheckpointError(f"{root / 'cc_projection'} is missing (the camera projection): {HOW_TO_GET}")
+        sampler = sampler or SamplerConfig.from_folder(root)
         generator = cls(unet, vae, image_encoder, load_projection(folder, HOW_TO_GET), device, dtype, sampler)
         generator.folder = root
         return generator
@@ -155,6 +182,7 @@ class Zero123Generator:
                      "safety_checker": [None, None], "scheduler": ["diffusers", "DDIMScheduler"],
                      "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+            (tmp / SAMPLER_FILE).write_text(json.dumps({"start": self.sampler.start}) + "\n")
             if path.exists():
                 path.rmdir()
             os.replace(tmp, path)
@@ -189,6 +217,10 @@ class Zero123Generator:
         cond_latent, token = self.conditioning(image, poses)
         latents = torch.randn(cond_latent.shape, generator=generator, device=self.device, dtype=torch.float32)
         alphas = self.alphas_cumprod
+        if self.sampler.start == START_NOISED_CONDITION:
+            signal = alphas[timesteps[0]]
+            scaled = cond_latent.float() * self.vae.config.scaling_factor
+            latents = signal.sqrt() * scaled + (1 - signal).sqrt() * latents
         # The last step lands on alphas_cumprod[0], as the reference's alphas_prev (set_alpha_to_one=False).
         for i, (t, t_prev) in enumerate(zip(timesteps, timesteps[1:] + [0])):
             sample, context = guidance_inputs(latents.to(self.dtype), cond_latent, token)
