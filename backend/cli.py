@@ -24,7 +24,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     views = load_view_folder(args.views_dir)
     pipeline = ReconstructionPipeline.from_checkpoint(args.checkpoint, args.device, args.norm_statistics)
-    mesh = pipeline(views, args.resolution, stderr_progress)
+    mesh = pipeline(views, args.resolution, stderr_progress, carve=args.carve is not False)
     export_mesh(mesh, args.output, args.overwrite)
     print(f"wrote {args.output} ({len(mesh.vertices)} vertices, {len(mesh.faces)} faces)", file=sys.stderr)
 
@@ -59,7 +59,8 @@ def _image_pipeline(args: argparse.Namespace, device: object) -> tuple[object, i
     from .reconstruction import ReconstructionPipeline
 
     generator = _view_generator(args.zero123, device, args.precision)
-    pipeline = ImageToMeshPipeline(generator, ReconstructionPipeline.from_checkpoint(args.checkpoint, str(device)))
+    reconstruction = ReconstructionPipeline.from_checkpoint(args.checkpoint, str(device))
+    pipeline = ImageToMeshPipeline(generator, reconstruction, carve=args.carve is True)
     stage1, stage2 = (args.steps, max(2, round(args.steps * 2 / 3))) if args.steps else (STAGE1_STEPS, STAGE2_STEPS)
     return pipeline, stage1, stage2
 
@@ -200,7 +201,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.generator is not None:
         generator = _view_generator(None if str(args.generator) == "bundled" else args.generator, pipeline.device)
     steps = (args.steps, max(2, round(args.steps * 2 / 3))) if args.steps else (75, 50)
-    print(evaluate(pipeline, meshes, args.out, args.up_axis, args.polar, args.resolution, args.object_size, generator, steps))
+    print(evaluate(pipeline, meshes, args.out, args.up_axis, args.polar, args.resolution, args.object_size, generator, steps,
+                   args.carve))
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -218,6 +220,10 @@ def torch_backends_for_training() -> None:
     torch.backends.cudnn.allow_tf32 = True
 
 
+CARVE_HELP = ("cut the mesh to the visual hull of the 32 source views' silhouettes (default: on for given views, off for "
+              "generated ones, whose silhouettes disagree)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend", description="Image to 3D backend (One-2-3-45).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -233,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     rec.add_argument("--norm-statistics", choices=("batch", "running"), default="batch",
                      help="BatchNorm statistics: 'batch' as the reference does at inference (default) or stored 'running'")
+    rec.add_argument("--carve", action=argparse.BooleanOptionalAction, default=None, help=CARVE_HELP)
     rec.set_defaults(run=_reconstruct)
 
     conv = commands.add_parser("convert-checkpoint", help="official One-2-3-45 .pth -> our safetensors folder",
@@ -261,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="DDIM steps of stage 1 (stage 2 uses 2/3 of it); default 75/50 as the reference")
     generation.add_argument("--seed", type=int, default=0)
     generation.add_argument("--resolution", type=int, default=256)
+    generation.add_argument("--carve", action=argparse.BooleanOptionalAction, default=None, help=CARVE_HELP)
     generation.add_argument("--device", default="auto")
     generation.add_argument("--precision", choices=PRECISIONS, default="auto",
                             help="view-generator arithmetic: auto = bf16 on CUDA (fp16 where bf16 is missing), fp32 elsewhere")
@@ -369,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--generator", type=Path, default=None, metavar="DIR",
                     help="single-image mode: a Zero123 folder (or 'bundled') makes the views from rig view 0 alone")
     ev.add_argument("--steps", type=int, default=None, help="with --generator: stage-1 DDIM steps (stage 2 uses 2/3; default 75/50)")
+    ev.add_argument("--carve", action=argparse.BooleanOptionalAction, default=None, help=CARVE_HELP)
     ev.add_argument("--device", default="auto")
     ev.set_defaults(run=_evaluate)
 

@@ -7,6 +7,8 @@ surface normal (normalised SDF gradient) as the viewing direction, as the refere
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -25,17 +27,22 @@ def flat_to_points(flat: torch.Tensor, resolution: int) -> torch.Tensor:
     return ijk.float() * (2.0 / (resolution - 1)) - 1.0
 
 
+Carve = Callable[[torch.Tensor], torch.Tensor]  # points (N, 3) -> (N,) distance that bounds the SDF from below
+
+
 @torch.no_grad()
 def evaluate_points(
     model: One2345Reconstructor, volume: ConditionalVolume, flat: torch.Tensor, resolution: int,
-    stage: str, progress: ProgressCallback,
+    stage: str, progress: ProgressCallback, carve: Carve | None = None,
 ) -> torch.Tensor:
-    """SDF at the given flat grid indices, in bounded chunks."""
+    """SDF at the given flat grid indices, in bounded chunks; with ``carve``, max(SDF, carve) (an intersection)."""
     out = torch.empty(flat.shape[0], device=flat.device)
     chunks = range(0, flat.shape[0], GRID_CHUNK)
     for n, start in enumerate(chunks):
         part = flat[start : start + GRID_CHUNK]
-        out[start : start + len(part)] = model.sdf(flat_to_points(part, resolution), volume)
+        points = flat_to_points(part, resolution)
+        values = model.sdf(points, volume)
+        out[start : start + len(part)] = values if carve is None else torch.maximum(values, carve(points))
         progress(stage, n + 1, len(chunks))
     return out
 
@@ -58,8 +65,9 @@ def sdf_grid(
     resolution: int,
     progress: ProgressCallback = no_progress,
     skip_empty: bool = True,
+    carve: Carve | None = None,
 ) -> np.ndarray:
-    """SDF on the res^3 grid -> (res, res, res) float32 array indexed [x, y, z].
+    """SDF on the res^3 grid -> (res, res, res) float32 array indexed [x, y, z]; ``carve`` as in ``evaluate_points``.
 
     With ``skip_empty`` the SDF is first sampled every ``BLOCK`` cells; only blocks whose corners
     change sign or come near zero are evaluated exactly. Elsewhere the grid holds the block's mean
@@ -69,11 +77,11 @@ def sdf_grid(
     total = resolution**3
     if not skip_empty or resolution <= 4 * BLOCK:
         flat = torch.arange(total, device=device)
-        return evaluate_points(model, volume, flat, resolution, "sdf grid", progress).view((resolution,) * 3).cpu().numpy()
+        return evaluate_points(model, volume, flat, resolution, "sdf grid", progress, carve).view((resolution,) * 3).cpu().numpy()
     coarse, lower, upper = (t.to(device) for t in _block_axes(resolution))
     cx, cy, cz = torch.meshgrid(coarse, coarse, coarse, indexing="ij")
     corners = (cx * resolution + cy) * resolution + cz
-    coarse_sdf = evaluate_points(model, volume, corners.reshape(-1), resolution, "sdf coarse", progress).view(corners.shape)
+    coarse_sdf = evaluate_points(model, volume, corners.reshape(-1), resolution, "sdf coarse", progress, carve).view(corners.shape)
     shifts = [coarse_sdf[i : coarse_sdf.shape[0] - 1 + i, j : coarse_sdf.shape[1] - 1 + j, k : coarse_sdf.shape[2] - 1 + k]
               for i in (0, 1) for j in (0, 1) for k in (0, 1)]
     stacked = torch.stack(shifts)
@@ -86,7 +94,7 @@ def sdf_grid(
             for az in (lower, upper):
                 near |= refine[ax[:, None, None], ay[None, :, None], az[None, None, :]]
     flat = near.view(-1).nonzero()[:, 0]
-    grid.view(-1)[flat] = evaluate_points(model, volume, flat, resolution, "sdf surface", progress)
+    grid.view(-1)[flat] = evaluate_points(model, volume, flat, resolution, "sdf surface", progress, carve)
     return grid.cpu().numpy()
 
 

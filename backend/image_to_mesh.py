@@ -60,11 +60,16 @@ def _snap_white(image: Image.Image) -> Image.Image:
 
 
 class ImageToMeshPipeline:
-    """``pipeline(image)`` -> ``ImageToMeshResult``; the generator is any ``ViewGenerator`` (Zero123-XL or ours)."""
+    """``pipeline(image)`` -> ``ImageToMeshResult``; the generator is any ``ViewGenerator`` (Zero123-XL or ours).
 
-    def __init__(self, generator: ViewGenerator, reconstruction: ReconstructionPipeline) -> None:
+    ``carve`` (off by default) cuts the mesh to the generated views' visual hull; their silhouettes disagree
+    too much for that to pay (BENCHMARKS.md).
+    """
+
+    def __init__(self, generator: ViewGenerator, reconstruction: ReconstructionPipeline, carve: bool = False) -> None:
         self.generator = generator
         self.reconstruction = reconstruction
+        self.carve = carve
 
     def _stage1(self, condition: torch.Tensor, ks: list[int], steps: int, seed: int, progress: ProgressCallback) -> dict[int, Image.Image]:
         views = self.generator.generate(condition, [STAGE1_DELTAS[k] for k in ks], steps, seed, progress)
@@ -110,5 +115,5 @@ class ImageToMeshPipeline:
         views.update({name: stage2[name] for name in sorted(stage2, key=lambda n: tuple(int(x) for x in n[:-4].split("_")))})
         with tempfile.TemporaryDirectory(prefix="imageto3d-views-") as tmp:
             folder = write_view_folder(views_dir if views_dir is not None else Path(tmp) / "views", polar, views)
-            mesh = self.reconstruction(load_view_folder(folder), resolution, progress)
+            mesh = self.reconstruction(load_view_folder(folder), resolution, progress, self.carve)
         return ImageToMeshResult(mesh, float(polar), source, views, prepared)

@@ -15,6 +15,7 @@ from .mesh import ColoredMesh
 from .models import ConditionalVolume, One2345Reconstructor
 from .models.batchnorm import NormStatistics, normalisation
 from .progress import ProgressCallback, no_progress
+from .silhouette import SilhouetteField, foreground_masks
 from .views import ViewSet
 
 DEFAULT_RESOLUTION = 256
@@ -65,14 +66,23 @@ class ReconstructionPipeline:
             return frame, self.model.encode(images, projections, centres)
 
     def __call__(
-        self, views: ViewSet, resolution: int = DEFAULT_RESOLUTION, progress: ProgressCallback = no_progress
+        self, views: ViewSet, resolution: int = DEFAULT_RESOLUTION, progress: ProgressCallback = no_progress,
+        carve: bool = True,
     ) -> ColoredMesh:
+        """``carve`` intersects the surface with the source views' visual hull (``silhouette``): right for views whose
+        silhouettes agree (renders, photos with masks), not for generated ones, whose disagreements would cut the object."""
         if resolution < 16 or resolution > 1024:
             raise ValueError(f"resolution {resolution} is out of range: use 16..1024 (256 is the reference's)")
         progress("volume", 0, 1)
         frame, volume = self.encode(views)
         progress("volume", 1, 1)
-        sdf = sdf_grid(self.model, volume, resolution, progress)
+        hull = None
+        if carve:
+            projections, _ = frame.source_cameras(views.source_c2ws)
+            focal = float(frame.intrinsics[0, 0] + frame.intrinsics[1, 1]) / 2
+            hull = SilhouetteField(foreground_masks(views.source_images),
+                                   torch.as_tensor(projections, dtype=torch.float32, device=self.device), focal)
+        sdf = sdf_grid(self.model, volume, resolution, progress, carve=hull)
         vertices, faces = marching_cubes(sdf)
         progress("marching cubes", 1, 1)
         colors = vertex_colors(self.model, volume, vertices, progress)

@@ -82,12 +82,13 @@ def render_rig(mesh: trimesh.Trimesh, folder: Path, polar: float) -> tuple[np.nd
 
 
 def generated_reconstruction(
-    pipeline: ReconstructionPipeline, generator: ViewGenerator, rig_folder: Path, work: Path, polar: float, resolution: int, steps: tuple[int, int]
+    pipeline: ReconstructionPipeline, generator: ViewGenerator, rig_folder: Path, work: Path, polar: float, resolution: int,
+    steps: tuple[int, int], carve: bool = False,
 ) -> tuple[ColoredMesh, dict[str, float]]:
     """Mesh from the generator's views of rig view 0, and the generated views' PSNR/SSIM against the true renders."""
     input_view = Image.open(rig_folder / "stage1_8" / "0.png").convert("RGB")
     prepared = PreparedInput(input_view, input_view.convert("RGBA"), "rendered")
-    result = ImageToMeshPipeline(generator, pipeline)(prepared, polar, steps[0], steps[1], 0, resolution, work / "generated")
+    result = ImageToMeshPipeline(generator, pipeline, carve)(prepared, polar, steps[0], steps[1], 0, resolution, work / "generated")
     values: dict[str, list[float]] = {"views_psnr": [], "views_ssim": []}
     for name, image in list(result.views.items())[1:]:
         true_view = np.asarray(Image.open(rig_folder / ("stage2_8" if "_" in name else "stage1_8") / name).convert("RGB")) / 255.0
@@ -98,17 +99,19 @@ def generated_reconstruction(
 
 def evaluate_mesh(
     pipeline: ReconstructionPipeline, path: Path, out_dir: Path, up_axis: str, polar: float, resolution: int, object_size: float,
-    generator: ViewGenerator | None = None, generator_steps: tuple[int, int] = (75, 50),
+    generator: ViewGenerator | None = None, generator_steps: tuple[int, int] = (75, 50), carve: bool | None = None,
 ) -> MeshScores:
+    """``carve`` None: as the product does, on for true views and off for generated ones."""
     gt = load_normalised_mesh(path, up_axis)
     gt.apply_scale(object_size)  # normalised to a longest side of 1, then to the protocol's size
     work = out_dir / path.stem
     masks, projections = render_rig(gt, work / "views", polar)
     view_scores: dict[str, float] = {}
     if generator is None:
-        mesh = pipeline(load_view_folder(work / "views"), resolution)
+        mesh = pipeline(load_view_folder(work / "views"), resolution, carve=carve is not False)
     else:
-        mesh, view_scores = generated_reconstruction(pipeline, generator, work / "views", work, polar, resolution, generator_steps)
+        mesh, view_scores = generated_reconstruction(pipeline, generator, work / "views", work, polar, resolution, generator_steps,
+                                                     carve is True)
     hull_vertices, hull_faces = visual_hull(masks, projections, HULL_RESOLUTION, np.array([[-0.6] * 3, [0.6] * 3]))
     hull = trimesh.Trimesh(hull_vertices, hull_faces, vertex_colors=np.full((len(hull_vertices), 4), 200, np.uint8), process=False)
     if len(mesh.faces):
@@ -159,9 +162,11 @@ def mean_rows(results: list[MeshScores]) -> str:
 def evaluate(
     pipeline: ReconstructionPipeline, meshes: list[Path], out_dir: Path, up_axis: str, polar: float, resolution: int,
     object_size: float = 0.7, generator: ViewGenerator | None = None, generator_steps: tuple[int, int] = (75, 50),
+    carve: bool | None = None,
 ) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = [evaluate_mesh(pipeline, m, out_dir, up_axis, polar, resolution, object_size, generator, generator_steps) for m in meshes]
+    results = [evaluate_mesh(pipeline, m, out_dir, up_axis, polar, resolution, object_size, generator, generator_steps, carve)
+               for m in meshes]
     atomic_write(out_dir / "results.json", json.dumps([vars(r) for r in results], indent=2).encode())
     table = markdown_table(results) + "\n" + mean_rows(results)
     atomic_write(out_dir / "results.md", (table + "\n").encode())
