@@ -45,7 +45,9 @@ class SilhouetteField:
         integers); ``focal`` in pixels turns a pixel distance at depth w into w / focal volume units."""
         device = projections.device
         keep = [i for i, mask in enumerate(masks) if mask.any()]  # an empty view (a failed render) carves nothing
-        distances = np.stack([signed_pixel_distance(masks[i]) for i in keep]) - margin_px if keep else np.zeros((0, 2, 2), np.float32)
+        distances = np.zeros((0, *masks.shape[1:]), np.float32)
+        if keep:
+            distances = np.stack([signed_pixel_distance(masks[i]) for i in keep]) - margin_px
         self.distances = torch.from_numpy(distances).to(device)[:, None]  # (V, 1, H, W)
         self.projections = projections[keep].float()
         self.focal = float(focal)
