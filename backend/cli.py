@@ -24,7 +24,7 @@ def _reconstruct(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     views = load_view_folder(args.views_dir)
     pipeline = ReconstructionPipeline.from_checkpoint(args.checkpoint, args.device, args.norm_statistics)
-    mesh = pipeline(views, args.resolution, stderr_progress, carve=args.carve is not False)
+    mesh = pipeline(views, args.resolution, stderr_progress, carve=args.carve)
     export_mesh(mesh, args.output, args.overwrite)
     print(f"wrote {args.output} ({len(mesh.vertices)} vertices, {len(mesh.faces)} faces)", file=sys.stderr)
 
@@ -60,7 +60,7 @@ def _image_pipeline(args: argparse.Namespace, device: object) -> tuple[object, i
 
     generator = _view_generator(args.zero123, device, args.precision)
     reconstruction = ReconstructionPipeline.from_checkpoint(args.checkpoint, str(device))
-    pipeline = ImageToMeshPipeline(generator, reconstruction, carve=args.carve is True)
+    pipeline = ImageToMeshPipeline(generator, reconstruction, carve=args.carve)
     stage1, stage2 = (args.steps, max(2, round(args.steps * 2 / 3))) if args.steps else (STAGE1_STEPS, STAGE2_STEPS)
     return pipeline, stage1, stage2
 
@@ -220,8 +220,8 @@ def torch_backends_for_training() -> None:
     torch.backends.cudnn.allow_tf32 = True
 
 
-CARVE_HELP = ("cut the mesh to the visual hull of the 32 source views' silhouettes (default: on for given views, off for "
-              "generated ones, whose silhouettes disagree)")
+CARVE_HELP = ("cut the mesh to the visual hull of the 32 source views' silhouettes (default: on, except for views a "
+              "generator made, marked \"generated\" in pose.json, whose silhouettes disagree)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -62,11 +62,10 @@ def _snap_white(image: Image.Image) -> Image.Image:
 class ImageToMeshPipeline:
     """``pipeline(image)`` -> ``ImageToMeshResult``; the generator is any ``ViewGenerator`` (Zero123-XL or ours).
 
-    ``carve`` (off by default) cuts the mesh to the generated views' visual hull; their silhouettes disagree
-    too much for that to pay (BENCHMARKS.md).
+    ``carve`` as in ``ReconstructionPipeline``: by default off, since the views are generated.
     """
 
-    def __init__(self, generator: ViewGenerator, reconstruction: ReconstructionPipeline, carve: bool = False) -> None:
+    def __init__(self, generator: ViewGenerator, reconstruction: ReconstructionPipeline, carve: bool | None = None) -> None:
         self.generator = generator
         self.reconstruction = reconstruction
         self.carve = carve
@@ -114,6 +113,6 @@ class ImageToMeshPipeline:
         views = {stage1_name(k): stage1[k] for k in stage1_indices(polar)}
         views.update({name: stage2[name] for name in sorted(stage2, key=lambda n: tuple(int(x) for x in n[:-4].split("_")))})
         with tempfile.TemporaryDirectory(prefix="imageto3d-views-") as tmp:
-            folder = write_view_folder(views_dir if views_dir is not None else Path(tmp) / "views", polar, views)
+            folder = write_view_folder(views_dir if views_dir is not None else Path(tmp) / "views", polar, views, generated=True)
             mesh = self.reconstruction(load_view_folder(folder), resolution, progress, self.carve)
         return ImageToMeshResult(mesh, float(polar), source, views, prepared)

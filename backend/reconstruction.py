@@ -67,15 +67,18 @@ class ReconstructionPipeline:
 
     def __call__(
         self, views: ViewSet, resolution: int = DEFAULT_RESOLUTION, progress: ProgressCallback = no_progress,
-        carve: bool = True,
+        carve: bool | None = None,
     ) -> ColoredMesh:
         """``carve`` intersects the surface with the source views' visual hull (``silhouette``): right for views whose
-        silhouettes agree (renders, photos with masks), not for generated ones, whose disagreements would cut the object."""
+        silhouettes agree (renders, photos with masks), not for generated ones, whose disagreements cut the object.
+        None decides by the views: on unless they are marked generated."""
         if resolution < 16 or resolution > 1024:
             raise ValueError(f"resolution {resolution} is out of range: use 16..1024 (256 is the reference's)")
         progress("volume", 0, 1)
         frame, volume = self.encode(views)
         progress("volume", 1, 1)
+        if carve is None:
+            carve = not views.generated
         hull = None
         if carve:
             projections, _ = frame.source_cameras(views.source_c2ws)

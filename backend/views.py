@@ -24,6 +24,7 @@ STAGE1_DIR = "stage1_8"
 STAGE2_DIR = "stage2_8"
 NUM_STAGE1 = 8
 NUM_SOURCES = 32
+GENERATED_KEY = "generated"
 
 
 @dataclass
@@ -36,6 +37,7 @@ class ViewSet:
     intrinsics: np.ndarray  # (3, 3)
     near_far: tuple[float, float]
     source_names: list[str]
+    generated: bool = False  # made by a view generator (pose.json "generated": true), so silhouettes may disagree
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -84,15 +86,20 @@ def load_view_folder(folder: str | os.PathLike) -> ViewSet:
         near, far = (float(x) for x in meta["near_far"])
     except (TypeError, ValueError) as exc:
         raise InputError(f"{folder / POSE_FILE} has malformed camera entries ({exc})") from None
+    generated = meta.get(GENERATED_KEY, False)
+    if not isinstance(generated, bool):
+        raise InputError(f'{folder / POSE_FILE} has "{GENERATED_KEY}": {generated!r}; it must be true or false')
     source_names = names[NUM_STAGE1:]
     images = np.stack([load_rgb(folder / STAGE2_DIR / n) for n in source_names])
     if len({im.shape for im in images}) != 1:
         raise InputError(f"source views in {folder / STAGE2_DIR} differ in size; all must be 256x256")
-    return ViewSet(images.astype(np.float32), c2ws[NUM_STAGE1:], c2ws[0], intrinsics, (near, far), source_names)
+    return ViewSet(images.astype(np.float32), c2ws[NUM_STAGE1:], c2ws[0], intrinsics, (near, far), source_names, generated)
 
 
-def write_view_folder(folder: str | os.PathLike, polar: float, images: dict[str, Image.Image]) -> Path:
-    """Write a One-2-3-45 folder: ``images`` maps pose.json names ("0.png", "0_0.png", ...) to pictures."""
+def write_view_folder(folder: str | os.PathLike, polar: float, images: dict[str, Image.Image], generated: bool = False) -> Path:
+    """Write a One-2-3-45 folder: ``images`` maps pose.json names ("0.png", "0_0.png", ...) to pictures.
+
+    ``generated`` marks views made by a view generator in pose.json (an extra key the reference ignores)."""
     folder = Path(folder)
     c2ws = rig_c2ws(polar)
     unknown = set(images) - set(c2ws)
@@ -108,5 +115,7 @@ def write_view_folder(folder: str | os.PathLike, polar: float, images: dict[str,
         "near_far": list(NEAR_FAR),
         "c2ws": {name: c2w.tolist() for name, c2w in c2ws.items()},
     }
+    if generated:
+        pose[GENERATED_KEY] = True
     (folder / POSE_FILE).write_text(json.dumps(pose, indent=4))
     return folder

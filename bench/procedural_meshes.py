@@ -1,8 +1,9 @@
 """Held-out procedural objects as vertex-coloured PLY meshes, for ``python -m backend evaluate --up-axis z``.
 
-Run from the repository root: ``python -m bench.procedural_meshes OUT_DIR``. The default seeds
-(90,000,000 on) are far beyond any index a training run draws, so the objects are unseen by both the
-reconstructor and the view generator; BENCHMARKS.md's single-image table uses the first six. CPU, seconds.
+Run from the repository root: ``python -m bench.procedural_meshes OUT_DIR``. Training runs draw object
+seeds at random from [0, 2^31), a few thousand per run, so these fixed seeds (90,000,000 on) are almost
+surely unseen by the reconstructor and the view generator; BENCHMARKS.md's single-image table uses the
+first six. CPU, seconds.
 """
 
 from __future__ import annotations

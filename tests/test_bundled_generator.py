@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -64,6 +65,7 @@ def test_one_photo_becomes_a_coloured_mesh_with_no_configuration(tmp_path: Path)
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(list((tmp_path / "views" / "stage2_8").iterdir())) == 32
+    assert json.loads((tmp_path / "views" / "pose.json").read_text())["generated"] is True  # so reconstruct won't carve
     mesh = trimesh.load(out, force="mesh", process=False)
     colors = np.asarray(mesh.visual.vertex_colors)[:, :3]
     assert len(mesh.faces) > 100 and colors.shape[0] == len(mesh.vertices) and colors.std() > 1

@@ -96,7 +96,7 @@ def _outside_share(vertices: np.ndarray, views, grow_px: int) -> float:
     return float(outside.mean())
 
 
-def test_reconstruction_is_carved_to_the_silhouettes() -> None:
+def test_reconstruction_is_carved_to_the_silhouettes(tmp_path: Path) -> None:
     """The bundled checkpoint on the bundled spot views. Uncarved, about a tenth of the vertices lie more than 3 px
     outside some silhouette. Carved, almost none do, and none by more than 8 px: at 64^3 a grid cell spans
     about 4 px, and marching cubes places the carved surface only to within a cell."""
@@ -108,3 +108,28 @@ def test_reconstruction_is_carved_to_the_silhouettes() -> None:
     assert len(carved.faces) > 500
     assert _outside_share(carved.vertices, views, grow_px=3) < 0.01 and _outside_share(carved.vertices, views, grow_px=8) == 0.0
     assert _outside_share(plain.vertices, views, grow_px=3) > 0.05
+    # Views marked generated (as image2mesh writes them) are not carved unless asked.
+    import dataclasses
+
+    generated = pipeline(dataclasses.replace(views, generated=True), 64)
+    assert np.array_equal(generated.vertices, plain.vertices) and np.array_equal(generated.faces, plain.faces)
+
+
+def test_generated_mark_round_trips_through_pose_json(tmp_path: Path) -> None:
+    import json
+
+    from PIL import Image
+
+    from backend.cameras import rig_c2ws
+    from backend.errors import InputError
+    from backend.views import write_view_folder
+
+    images = {name: Image.new("RGB", (256, 256), "white") for name in rig_c2ws(60.0)}
+    assert not load_view_folder(write_view_folder(tmp_path / "given", 60.0, images)).generated
+    folder = write_view_folder(tmp_path / "made", 60.0, images, generated=True)
+    assert load_view_folder(folder).generated
+    pose = json.loads((folder / "pose.json").read_text())
+    pose["generated"] = "yes"
+    (folder / "pose.json").write_text(json.dumps(pose))
+    with pytest.raises(InputError, match="must be true or false"):
+        load_view_folder(folder)

@@ -83,7 +83,7 @@ def render_rig(mesh: trimesh.Trimesh, folder: Path, polar: float) -> tuple[np.nd
 
 def generated_reconstruction(
     pipeline: ReconstructionPipeline, generator: ViewGenerator, rig_folder: Path, work: Path, polar: float, resolution: int,
-    steps: tuple[int, int], carve: bool = False,
+    steps: tuple[int, int], carve: bool | None = None,
 ) -> tuple[ColoredMesh, dict[str, float]]:
     """Mesh from the generator's views of rig view 0, and the generated views' PSNR/SSIM against the true renders."""
     input_view = Image.open(rig_folder / "stage1_8" / "0.png").convert("RGB")
@@ -101,17 +101,17 @@ def evaluate_mesh(
     pipeline: ReconstructionPipeline, path: Path, out_dir: Path, up_axis: str, polar: float, resolution: int, object_size: float,
     generator: ViewGenerator | None = None, generator_steps: tuple[int, int] = (75, 50), carve: bool | None = None,
 ) -> MeshScores:
-    """``carve`` None: as the product does, on for true views and off for generated ones."""
+    """``carve`` None: as the product does, on for true views and off for generated ones (``ReconstructionPipeline``)."""
     gt = load_normalised_mesh(path, up_axis)
     gt.apply_scale(object_size)  # normalised to a longest side of 1, then to the protocol's size
     work = out_dir / path.stem
     masks, projections = render_rig(gt, work / "views", polar)
     view_scores: dict[str, float] = {}
     if generator is None:
-        mesh = pipeline(load_view_folder(work / "views"), resolution, carve=carve is not False)
+        mesh = pipeline(load_view_folder(work / "views"), resolution, carve=carve)
     else:
         mesh, view_scores = generated_reconstruction(pipeline, generator, work / "views", work, polar, resolution, generator_steps,
-                                                     carve is True)
+                                                     carve)
     hull_vertices, hull_faces = visual_hull(masks, projections, HULL_RESOLUTION, np.array([[-0.6] * 3, [0.6] * 3]))
     hull = trimesh.Trimesh(hull_vertices, hull_faces, vertex_colors=np.full((len(hull_vertices), 4), 200, np.uint8), process=False)
     if len(mesh.faces):
