@@ -99,11 +99,22 @@ def sdf_grid(
 
 
 def marching_cubes(sdf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Zero level set of u = -SDF with PyMCubes; vertices returned in normalised [-1, 1] coordinates."""
+    """Zero level set of u = -SDF with PyMCubes; vertices returned in normalised [-1, 1] coordinates.
+
+    Only the box around the grid points with SDF <= 0, one point wider each way, can hold a sign change, so
+    only that box is triangulated: the same mesh as the whole grid, in a fraction of the time.
+    """
     import mcubes
 
-    vertices, faces = mcubes.marching_cubes(-sdf, 0.0)
-    vertices = vertices / (sdf.shape[0] - 1) * 2.0 - 1.0
+    inside = sdf <= 0
+    spans = [np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if any(len(span) == 0 for span in spans):
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
+    low = [max(int(span[0]) - 1, 0) for span in spans]
+    high = [min(int(span[-1]) + 2, size) for span, size in zip(spans, sdf.shape)]
+    box = sdf[low[0] : high[0], low[1] : high[1], low[2] : high[2]]
+    vertices, faces = mcubes.marching_cubes(-box, 0.0)
+    vertices = (vertices + np.array(low)) / (sdf.shape[0] - 1) * 2.0 - 1.0
     return vertices.astype(np.float32), faces.astype(np.int64)
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mcubes
 import numpy as np
 import pytest
 import torch
@@ -104,6 +105,20 @@ def test_empty_space_skipping_gives_the_full_grid_mesh(suzanne_views: Path, chec
     assert len(full[1]) > 100
     np.testing.assert_array_equal(fast[1], full[1])
     np.testing.assert_allclose(fast[0], full[0], atol=1e-6)
+
+
+def test_marching_cubes_on_the_occupied_box_gives_the_whole_grid_mesh() -> None:
+    axis = np.linspace(-1.0, 1.0, 64)
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    sdf = np.sqrt((x - 0.4) ** 2 + (y + 0.3) ** 2 + (z - 0.1) ** 2) - 0.35  # a sphere away from the centre
+    vertices, faces = marching_cubes(sdf)
+    whole_vertices, whole_faces = mcubes.marching_cubes(-sdf, 0.0)
+    assert len(faces) > 1000
+    np.testing.assert_array_equal(faces, whole_faces)
+    np.testing.assert_allclose(vertices, whole_vertices / 63 * 2 - 1, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(vertices - [0.4, -0.3, 0.1], axis=1), 0.35, atol=0.01)
+    empty_vertices, empty_faces = marching_cubes(np.ones((16, 16, 16), np.float32))
+    assert empty_vertices.shape == (0, 3) and empty_faces.shape == (0, 3)
 
 
 def test_batch_statistics_switch_leaves_buffers_untouched(suzanne_views: Path, checkpoint: Path) -> None:
