@@ -4,16 +4,16 @@ Order as the reference's ``run.py``, each step one UNet batch: with a given pola
 stage-1 views, then all 32 nearby views; otherwise stage-1 views 0-3, the 4 nearby views of view 0,
 the polar angle estimated from them (90° when the estimate fails), the second stage-1 ring (+30°
 polar, or -30° above 75°), and the nearby views of the remaining 7 stage-1 views.
-Generated views round-trip through 8-bit PNGs, as the reference saves and re-reads them, and the
-One-2-3-45 folder is written (to ``views_dir`` or a temporary folder) and read back for reconstruction.
+Generated views are truncated to 8 bits, as the reference saves them as PNGs and re-reads them; the
+reconstruction gets exactly those pixels from memory, and the One-2-3-45 folder is written to
+``views_dir`` when one is given.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from .mesh import ColoredMesh
 from .preprocess import PreparedInput, prepare_input
 from .progress import ProgressCallback, no_progress
 from .reconstruction import DEFAULT_RESOLUTION, ReconstructionPipeline
-from .views import load_view_folder, write_view_folder
+from .views import rig_view_set, write_view_folder
 
 FALLBACK_POLAR = 90.0
 STAGE1_STEPS = 75
@@ -112,7 +112,10 @@ class ImageToMeshPipeline:
 
         views = {stage1_name(k): stage1[k] for k in stage1_indices(polar)}
         views.update({name: stage2[name] for name in sorted(stage2, key=lambda n: tuple(int(x) for x in n[:-4].split("_")))})
-        with tempfile.TemporaryDirectory(prefix="imageto3d-views-") as tmp:
-            folder = write_view_folder(views_dir if views_dir is not None else Path(tmp) / "views", polar, views, generated=True)
-            mesh = self.reconstruction(load_view_folder(folder), resolution, progress, self.carve)
+        view_set = rig_view_set(polar, views, generated=True)
+        with ThreadPoolExecutor(1) as pool:  # the folder is for people and other tools: written while the GPU reconstructs
+            saved = pool.submit(write_view_folder, views_dir, polar, views, True) if views_dir is not None else None
+            mesh = self.reconstruction(view_set, resolution, progress, self.carve)
+            if saved is not None:
+                saved.result()
         return ImageToMeshResult(mesh, float(polar), source, views, prepared)

@@ -96,6 +96,20 @@ def load_view_folder(folder: str | os.PathLike) -> ViewSet:
     return ViewSet(images.astype(np.float32), c2ws[NUM_STAGE1:], c2ws[0], intrinsics, (near, far), source_names, generated)
 
 
+def rig_view_set(polar: float, images: dict[str, Image.Image], generated: bool = False) -> ViewSet:
+    """The ViewSet that ``write_view_folder`` then ``load_view_folder`` would give, without the disk round trip.
+
+    ``images`` must hold all 40 rig views (8-bit RGB, as generated views are): PNG is lossless, so the
+    arrays are the very ones the folder would hold."""
+    c2ws = rig_c2ws(polar)
+    if set(images) != set(c2ws):
+        raise ValueError(f"a rig view set needs exactly the {len(c2ws)} rig views for polar {polar}")
+    names = list(c2ws)
+    sources = np.stack([np.asarray(images[n].convert("RGB"), dtype=np.float32) / 255.0 for n in names[NUM_STAGE1:]])
+    poses = np.array([c2ws[n] for n in names])
+    return ViewSet(sources, poses[NUM_STAGE1:], poses[0], INTRINSICS.astype(np.float64), NEAR_FAR, names[NUM_STAGE1:], generated)
+
+
 def write_view_folder(folder: str | os.PathLike, polar: float, images: dict[str, Image.Image], generated: bool = False) -> Path:
     """Write a One-2-3-45 folder: ``images`` maps pose.json names ("0.png", "0_0.png", ...) to pictures.
 

@@ -20,6 +20,7 @@ from backend.image_to_mesh import ImageToMeshPipeline
 from backend.models import One2345Reconstructor
 from backend.reconstruction import ReconstructionPipeline
 from backend.render.mesh_views import load_normalised_mesh, render_view
+from backend.views import load_view_folder
 
 from .tiny_zero123 import tiny_generator
 
@@ -87,6 +88,16 @@ def test_schedule_with_a_given_polar_is_one_batch_per_stage(photo: Path, tmp_pat
     # the recentred input: white background, object in the middle
     arr = np.asarray(result.input_image)
     assert arr.shape == (256, 256, 3) and (arr[:5] == 255).all() and (arr[128] < 250).any()
+
+
+def test_reconstruction_sees_exactly_the_saved_view_folder(photo: Path, tmp_path: Path) -> None:
+    pipeline = ImageToMeshPipeline(EchoGenerator(), ReconstructionPipeline.from_checkpoint(None, "cpu"))
+    result = pipeline(photo, polar=70.0, resolution=48, views_dir=tmp_path / "views")
+    again = pipeline.reconstruction(load_view_folder(tmp_path / "views"), 48)
+    assert len(result.mesh.faces) > 100
+    np.testing.assert_array_equal(result.mesh.vertices, again.vertices)
+    np.testing.assert_array_equal(result.mesh.faces, again.faces)
+    np.testing.assert_array_equal(result.mesh.colors, again.colors)
 
 
 def test_schedule_with_an_estimated_polar_follows_the_reference_order(photo: Path) -> None:
