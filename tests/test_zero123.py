@@ -17,7 +17,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file
 
 from backend.cameras import relative_pose_vector
-from backend.errors import CancelledError, CheckpointError, InputError
+from backend.errors import BackendError, CancelledError, CheckpointError, InputError
 from backend.generation import ViewGenerator
 from backend.generation.convert import LdmArchitecture, convert_zero123_checkpoint
 from backend.generation.ddim import ddim_step, ddim_timesteps
@@ -196,6 +196,14 @@ def assert_same_views(a: torch.Tensor, b: torch.Tensor) -> None:
     """Equal up to float rounding: transformers maps loaded CLIP weights from the file, and the different memory
     alignment changes CPU kernels' summation order by an ulp (weights themselves are bit-identical)."""
     torch.testing.assert_close(a, b, atol=2e-5, rtol=0)
+
+
+def test_compiling_needs_cuda_and_leaves_the_generator_as_it_was(generator: Zero123Generator, image):
+    before = generator.generate(image, [(0.0, 30.0)], steps=3, seed=1)
+    with pytest.raises(BackendError, match="needs a CUDA device, not cpu: drop --compile"):
+        generator.compile()
+    assert generator.denoiser is generator.unet
+    torch.testing.assert_close(generator.generate(image, [(0.0, 30.0)], steps=3, seed=1), before, rtol=0, atol=0)
 
 
 def test_save_and_load_round_trip(generator: Zero123Generator, folder: Path, image):
