@@ -27,22 +27,18 @@ def flat_to_points(flat: torch.Tensor, resolution: int) -> torch.Tensor:
     return ijk.float() * (2.0 / (resolution - 1)) - 1.0
 
 
-Carve = Callable[[torch.Tensor], torch.Tensor]  # points (N, 3) -> (N,) distance that bounds the SDF from below
+Field = Callable[[torch.Tensor], torch.Tensor]  # points (N, 3) -> (N,) signed distance-like values, negative inside
+Carve = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (points, SDF) -> the SDF cut by what the views allow
 
 
 @torch.no_grad()
-def evaluate_points(
-    model: One2345Reconstructor, volume: ConditionalVolume, flat: torch.Tensor, resolution: int,
-    stage: str, progress: ProgressCallback, carve: Carve | None = None,
-) -> torch.Tensor:
-    """SDF at the given flat grid indices, in bounded chunks; with ``carve``, max(SDF, carve) (an intersection)."""
+def evaluate_points(field: Field, flat: torch.Tensor, resolution: int, stage: str, progress: ProgressCallback) -> torch.Tensor:
+    """``field`` at the given flat grid indices, in bounded chunks."""
     out = torch.empty(flat.shape[0], device=flat.device)
     chunks = range(0, flat.shape[0], GRID_CHUNK)
     for n, start in enumerate(chunks):
         part = flat[start : start + GRID_CHUNK]
-        points = flat_to_points(part, resolution)
-        values = model.sdf(points, volume)
-        out[start : start + len(part)] = values if carve is None else torch.maximum(values, carve(points))
+        out[start : start + len(part)] = field(flat_to_points(part, resolution))
         progress(stage, n + 1, len(chunks))
     return out
 
@@ -59,30 +55,26 @@ def _block_axes(resolution: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return torch.tensor(coarse), lower, upper
 
 
-def sdf_grid(
-    model: One2345Reconstructor,
-    volume: ConditionalVolume,
-    resolution: int,
-    progress: ProgressCallback = no_progress,
+def field_grid(
+    field: Field, resolution: int, device: torch.device, progress: ProgressCallback = no_progress, name: str = "sdf",
     skip_empty: bool = True,
-    carve: Carve | None = None,
-) -> np.ndarray:
-    """SDF on the res^3 grid -> (res, res, res) float32 array indexed [x, y, z]; ``carve`` as in ``evaluate_points``.
+) -> torch.Tensor:
+    """A distance-like field on the res^3 grid -> (res, res, res) tensor on ``device``, indexed [x, y, z].
 
-    With ``skip_empty`` the SDF is first sampled every ``BLOCK`` cells; only blocks whose corners
+    With ``skip_empty`` the field is first sampled every ``BLOCK`` cells; only blocks whose corners
     change sign or come near zero are evaluated exactly. Elsewhere the grid holds the block's mean
     corner value, which has the right sign, so marching cubes yields the same mesh as the full grid.
+    Progress stages are "{name} grid", or "{name} coarse" then "{name} surface".
     """
-    device = volume.latent.device
     total = resolution**3
     if not skip_empty or resolution <= 4 * BLOCK:
         flat = torch.arange(total, device=device)
-        return evaluate_points(model, volume, flat, resolution, "sdf grid", progress, carve).view((resolution,) * 3).cpu().numpy()
+        return evaluate_points(field, flat, resolution, f"{name} grid", progress).view((resolution,) * 3)
     coarse, lower, upper = (t.to(device) for t in _block_axes(resolution))
     cx, cy, cz = torch.meshgrid(coarse, coarse, coarse, indexing="ij")
     corners = (cx * resolution + cy) * resolution + cz
-    coarse_sdf = evaluate_points(model, volume, corners.reshape(-1), resolution, "sdf coarse", progress, carve).view(corners.shape)
-    shifts = [coarse_sdf[i : coarse_sdf.shape[0] - 1 + i, j : coarse_sdf.shape[1] - 1 + j, k : coarse_sdf.shape[2] - 1 + k]
+    coarse_values = evaluate_points(field, corners.reshape(-1), resolution, f"{name} coarse", progress).view(corners.shape)
+    shifts = [coarse_values[i : coarse_values.shape[0] - 1 + i, j : coarse_values.shape[1] - 1 + j, k : coarse_values.shape[2] - 1 + k]
               for i in (0, 1) for j in (0, 1) for k in (0, 1)]
     stacked = torch.stack(shifts)
     threshold = SAFETY * BLOCK * (2.0 / (resolution - 1)) * 3**0.5
@@ -94,8 +86,26 @@ def sdf_grid(
             for az in (lower, upper):
                 near |= refine[ax[:, None, None], ay[None, :, None], az[None, None, :]]
     flat = near.view(-1).nonzero()[:, 0]
-    grid.view(-1)[flat] = evaluate_points(model, volume, flat, resolution, "sdf surface", progress, carve)
-    return grid.cpu().numpy()
+    grid.view(-1)[flat] = evaluate_points(field, flat, resolution, f"{name} surface", progress)
+    return grid
+
+
+def sdf_grid(
+    model: One2345Reconstructor,
+    volume: ConditionalVolume,
+    resolution: int,
+    progress: ProgressCallback = no_progress,
+    skip_empty: bool = True,
+    carve: Carve | None = None,
+) -> np.ndarray:
+    """The network's SDF on the res^3 grid -> (res, res, res) float32 array indexed [x, y, z] (``field_grid``);
+    with ``carve``, the SDF cut by the views (``silhouette.HullCarver``)."""
+
+    def sdf(points: torch.Tensor) -> torch.Tensor:
+        values = model.sdf(points, volume)
+        return values if carve is None else carve(points, values)
+
+    return field_grid(sdf, resolution, volume.latent.device, progress, "sdf", skip_empty).cpu().numpy()
 
 
 def marching_cubes(sdf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ from .mesh import ColoredMesh
 from .models import ConditionalVolume, One2345Reconstructor
 from .models.batchnorm import NormStatistics, normalisation
 from .progress import ProgressCallback, no_progress
-from .silhouette import SilhouetteField, foreground_masks
+from .silhouette import HullCarver, SilhouetteField, foreground_masks
 from .views import ViewSet
 
 DEFAULT_RESOLUTION = 256
@@ -79,13 +79,14 @@ class ReconstructionPipeline:
         progress("volume", 1, 1)
         if carve is None:
             carve = not views.generated
-        hull = None
+        carver = None
         if carve:
             projections, _ = frame.source_cameras(views.source_c2ws)
             focal = float(frame.intrinsics[0, 0] + frame.intrinsics[1, 1]) / 2
             hull = SilhouetteField(foreground_masks(views.source_images),
                                    torch.as_tensor(projections, dtype=torch.float32, device=self.device), focal)
-        sdf = sdf_grid(self.model, volume, resolution, progress, carve=hull)
+            carver = HullCarver(hull, resolution, self.device, progress)
+        sdf = sdf_grid(self.model, volume, resolution, progress, carve=carver)
         vertices, faces = marching_cubes(sdf)
         progress("marching cubes", 1, 1)
         colors = vertex_colors(self.model, volume, vertices, progress)

@@ -2,7 +2,8 @@
 
 A point that projects outside an object's silhouette in any view cannot be on the object. The network's SDF
 does not know this exactly: it leaves thin bulges and fattens flat objects wherever the views' features are
-ambiguous. Taking ``max(sdf, hull)`` removes them and keeps every concavity the network found.
+ambiguous. Taking ``max(sdf, hull)`` removes them and keeps every concavity the network found; where the hull
+is thinner than the network can resolve, the hull's own surface is kept (``HullCarver``).
 ``hull`` is the largest signed distance to a silhouette over the views, each measured in pixels on the
 image and scaled to volume units at the point's depth (exact at the silhouette, a fair distance near it,
 which is where marching cubes reads it). A view that does not see a point (behind the camera or outside
@@ -19,9 +20,15 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from .extraction import field_grid
+from .progress import ProgressCallback, no_progress
+
 WHITE = 250 / 255  # a pixel is background only when every channel is at least this bright
 MARGIN_PX = 1.5
 POINT_CHUNK = 1 << 18
+OUTSIDE = 1.0  # strict hull value where some view does not see the point (volume units: half the volume)
+THIN_RADIUS = 0.02  # volume units: about one voxel of the network's 96^3 volume (2 / 96)
+FAR_VOXELS = 1e4  # distance to the thin parts where there are none near
 
 
 def foreground_masks(images: np.ndarray) -> np.ndarray:
@@ -54,17 +61,58 @@ class SilhouetteField:
         height, width = masks.shape[1:]
         self.scale = torch.tensor([2.0 / (width - 1), 2.0 / (height - 1)], device=device)
 
-    def __call__(self, points: torch.Tensor) -> torch.Tensor:
+    def __call__(self, points: torch.Tensor, strict: bool = False) -> torch.Tensor:
+        """``strict``: a point that some view does not see is outside (``OUTSIDE``), not left to the views that see it."""
         if len(self.projections) == 0:
-            return torch.full(points.shape[:1], -torch.inf, device=points.device)
-        return torch.cat([self._chunk(part) for part in points.split(POINT_CHUNK)])
+            return torch.full(points.shape[:1], OUTSIDE if strict else -torch.inf, device=points.device)
+        return torch.cat([self._chunk(part, strict) for part in points.split(POINT_CHUNK)])
 
-    def _chunk(self, points: torch.Tensor) -> torch.Tensor:
+    def _chunk(self, points: torch.Tensor, strict: bool) -> torch.Tensor:
         uvw = torch.einsum("vij,nj->vni", self.projections[:, :, :3], points.float()) + self.projections[:, None, :, 3]
         depth = uvw[..., 2]
         pixels = uvw[..., :2] / depth.clamp(min=1e-6)[..., None]
         grid = pixels * self.scale - 1.0  # align_corners=True: -1 and 1 are the outer pixels' centres
         pixel_distance = F.grid_sample(self.distances, grid[:, None], mode="bilinear", align_corners=True)[:, 0, 0]
         seen = (depth > 0) & (grid.abs() <= 1.0).all(dim=-1)
-        distance = torch.where(seen, pixel_distance * depth / self.focal, torch.full_like(depth, -torch.inf))
-        return distance.amax(dim=0)
+        distance = torch.where(seen, pixel_distance * depth / self.focal, torch.full_like(depth, -torch.inf)).amax(dim=0)
+        return torch.where(seen.all(dim=0), distance, OUTSIDE) if strict else distance
+
+
+def thin_part_distance(inside: np.ndarray, radius: float) -> np.ndarray:
+    """Signed distance in voxels (negative inside) to the thin parts of a solid: those no ball of ``radius`` voxels
+    inside it covers (the solid minus its morphological opening). Far from them: ``FAR_VOXELS``."""
+    result = np.full(inside.shape, FAR_VOXELS, np.float32)
+    if not inside.any():
+        return result
+    pad = int(np.ceil(radius)) + 2
+    box = tuple(slice(max(int(span[0]) - pad, 0), min(int(span[-1]) + pad + 1, size))
+                for span, size in ((np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis))), inside.shape[axis])
+                                   for axis in range(3)))
+    solid = inside[box]
+    core = ndimage.distance_transform_edt(solid) > radius  # centres of the balls that fit
+    thin = solid & ~(ndimage.distance_transform_edt(~core) <= radius)
+    if thin.any():
+        result[box] = ndimage.distance_transform_edt(~thin) - ndimage.distance_transform_edt(thin)
+    return result
+
+
+class HullCarver:
+    """``carver(points, sdf)`` -> max(hull, min(sdf, thin)): the SDF cut to the visual hull, the hull's thin parts kept.
+
+    The network's 96^3 volume cannot resolve parts thinner than about one of its voxels (a flat sheet, a leaf),
+    so it leaves them out, and intersecting with the hull cannot bring them back. Where the hull itself is that
+    thin there is no room for a concavity the network could have found, so the hull is the better surface there.
+    Thin parts are found on the extraction grid: the hull's interior as every view sees it, minus its opening with
+    a ball of ``THIN_RADIUS``; ``thin`` is the signed distance to them. Callers evaluate grid points only.
+    """
+
+    def __init__(self, field: SilhouetteField, resolution: int, device: torch.device, progress: ProgressCallback = no_progress) -> None:
+        self.field = field
+        self.resolution = resolution
+        strict = field_grid(lambda points: field(points, strict=True), resolution, device, progress, "hull").cpu().numpy()
+        voxel = 2.0 / (resolution - 1)
+        self.thin = torch.from_numpy(thin_part_distance(strict < 0, THIN_RADIUS / voxel) * voxel).to(device)
+
+    def __call__(self, points: torch.Tensor, sdf: torch.Tensor) -> torch.Tensor:
+        i, j, k = ((points + 1.0) * ((self.resolution - 1) / 2.0)).round().long().unbind(dim=1)
+        return torch.maximum(self.field(points), torch.minimum(sdf, self.thin[i, j, k]))

@@ -97,7 +97,7 @@ def private_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 IMAGE_STAGES = ["preprocess", "loading view generator", "loading reconstruction", "zero123", "elevation"]
-MESH_STAGES = ["volume", "sdf coarse", "sdf surface", "marching cubes", "vertex colours"]
+MESH_STAGES = ["volume", "hull coarse", "hull surface", "sdf coarse", "sdf surface", "marching cubes", "vertex colours"]
 
 
 def test_cancel_in_every_stage_leaves_nothing_and_the_next_job_works(

@@ -11,7 +11,7 @@ import trimesh
 
 from backend.evaluation.evaluate import render_rig
 from backend.frame import ReconstructionFrame
-from backend.silhouette import SilhouetteField, foreground_masks, signed_pixel_distance
+from backend.silhouette import FAR_VOXELS, HullCarver, SilhouetteField, foreground_masks, signed_pixel_distance, thin_part_distance
 from backend.views import load_view_folder
 
 RADIUS = 0.3
@@ -133,3 +133,43 @@ def test_generated_mark_round_trips_through_pose_json(tmp_path: Path) -> None:
     (folder / "pose.json").write_text(json.dumps(pose))
     with pytest.raises(InputError, match="must be true or false"):
         load_view_folder(folder)
+
+
+def test_thin_parts_are_what_no_ball_of_the_radius_covers() -> None:
+    solid = np.zeros((40, 40, 40), bool)
+    solid[5:25, 5:25, 5:25] = True  # a thick cube
+    solid[25:38, 12:18, 14] = True  # with a one-voxel fin
+    distance = thin_part_distance(solid, 2.5)
+    assert (distance[26:37, 13:17, 14] < 0).all()  # the fin is thin
+    assert distance[15, 15, 15] > 5  # the cube's middle is far from anything thin
+    assert (thin_part_distance(np.zeros((8, 8, 8), bool), 2.5) == FAR_VOXELS).all()
+
+
+def empty_network(points: torch.Tensor) -> torch.Tensor:
+    """An SDF with no surface at all: what the network gives for a sheet thinner than its voxels."""
+    return torch.full(points.shape[:1], 0.1)
+
+
+def test_a_flat_sheet_the_network_misses_is_kept_from_the_hull(tmp_path: Path) -> None:
+    from backend.extraction import field_grid, marching_cubes
+
+    sheet = trimesh.creation.box(extents=(0.5, 0.36, 0.01))  # lying flat, like the alligator of the evaluation
+    sheet.visual.vertex_colors = np.tile([40, 120, 200, 255], (len(sheet.vertices), 1)).astype(np.uint8)
+    render_rig(sheet, tmp_path / "views", 60.0)
+    views = load_view_folder(tmp_path / "views")
+    frame = ReconstructionFrame.from_cameras(views.reference_c2w, views.source_c2ws, views.intrinsics, views.near_far,
+                                             views.image_size)
+    projections, _ = frame.source_cameras(views.source_c2ws)
+    field = SilhouetteField(foreground_masks(views.source_images), torch.as_tensor(projections, dtype=torch.float32),
+                            float(frame.intrinsics[0, 0]))
+    resolution = 128
+    carver = HullCarver(field, resolution, torch.device("cpu"))
+    intersected = field_grid(lambda points: torch.maximum(empty_network(points), field(points)), resolution, torch.device("cpu"))
+    assert (intersected > 0).all()  # plain intersection keeps nothing
+    carved = field_grid(lambda points: carver(points, empty_network(points)), resolution, torch.device("cpu"))
+    vertices, _ = marching_cubes(carved.numpy())
+    world = frame.to_world(vertices.astype(np.float64))
+    assert len(world) > 200
+    assert np.abs(world[:, 2]).max() < 0.05  # flat, where the sheet lies
+    extent = world.max(axis=0) - world.min(axis=0)
+    assert extent[0] == pytest.approx(0.5, abs=0.06) and extent[1] == pytest.approx(0.36, abs=0.06)

@@ -135,7 +135,7 @@ def test_reconstruct_returns_a_coloured_mesh_with_ordered_progress(runs: Runs, w
     assert abs(final.info["polar"] - 60.0) < 1e-3 and final.info["timings"]["total"] > 0
     progress = [e for e in events if e.kind == "progress"]
     stages = list(dict.fromkeys(e.stage for e in progress))
-    expected = ["volume", "sdf coarse", "sdf surface", "marching cubes", "vertex colours", "saving"]
+    expected = ["volume", "hull coarse", "hull surface", "sdf coarse", "sdf surface", "marching cubes", "vertex colours", "saving"]
     assert [s for s in stages if s != "loading reconstruction"] == expected
     for stage in stages:
         steps = [e.step for e in progress if e.stage == stage]
