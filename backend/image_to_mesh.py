@@ -113,9 +113,11 @@ class ImageToMeshPipeline:
         views = {stage1_name(k): stage1[k] for k in stage1_indices(polar)}
         views.update({name: stage2[name] for name in sorted(stage2, key=lambda n: tuple(int(x) for x in n[:-4].split("_")))})
         view_set = rig_view_set(polar, views, generated=True)
-        with ThreadPoolExecutor(1) as pool:  # the folder is for people and other tools: written while the GPU reconstructs
-            saved = pool.submit(write_view_folder, views_dir, polar, views, True) if views_dir is not None else None
+        if views_dir is None:
             mesh = self.reconstruction(view_set, resolution, progress, self.carve)
-            if saved is not None:
+        else:
+            with ThreadPoolExecutor(1) as pool:  # the folder is for people and other tools: written while the GPU reconstructs
+                saved = pool.submit(write_view_folder, views_dir, polar, views, True)
+                mesh = self.reconstruction(view_set, resolution, progress, self.carve)
                 saved.result()
         return ImageToMeshResult(mesh, float(polar), source, views, prepared)

@@ -29,6 +29,7 @@ POINT_CHUNK = 1 << 18
 OUTSIDE = 1.0  # strict hull value where some view does not see the point (volume units: half the volume)
 THIN_RADIUS = 0.02  # volume units: about one voxel of the network's 96^3 volume (2 / 96)
 FAR_VOXELS = 1e4  # distance to the thin parts where there are none near
+THIN_GRID = 256  # finer extraction grids look thin parts up on this one, which bounds the memory they take
 
 
 def foreground_masks(images: np.ndarray) -> np.ndarray:
@@ -90,7 +91,7 @@ def thin_part_distance(inside: np.ndarray, radius: float) -> np.ndarray:
                                    for axis in range(3)))
     solid = inside[box]
     core = ndimage.distance_transform_edt(solid) > radius  # centres of the balls that fit
-    thin = solid & ~(ndimage.distance_transform_edt(~core) <= radius)
+    thin = solid & ~(ndimage.distance_transform_edt(~core) <= radius) if core.any() else solid
     if thin.any():
         result[box] = ndimage.distance_transform_edt(~thin) - ndimage.distance_transform_edt(thin)
     return result
@@ -102,17 +103,20 @@ class HullCarver:
     The network's 96^3 volume cannot resolve parts thinner than about one of its voxels (a flat sheet, a leaf),
     so it leaves them out, and intersecting with the hull cannot bring them back. Where the hull itself is that
     thin there is no room for a concavity the network could have found, so the hull is the better surface there.
-    Thin parts are found on the extraction grid: the hull's interior as every view sees it, minus its opening with
-    a ball of ``THIN_RADIUS``; ``thin`` is the signed distance to them. Callers evaluate grid points only.
+    Thin parts are found on the extraction grid (at most ``THIN_GRID``^3): the hull's interior as every view sees it,
+    minus its opening with a ball of ``THIN_RADIUS``; ``thin`` is the signed distance to them, read at the nearest
+    grid point. Like any opening this also counts slivers at the hull's sharp edges as thin, where the hull is as
+    good a guess as the network's.
     """
 
     def __init__(self, field: SilhouetteField, resolution: int, device: torch.device, progress: ProgressCallback = no_progress) -> None:
         self.field = field
-        self.resolution = resolution
-        strict = field_grid(lambda points: field(points, strict=True), resolution, device, progress, "hull").cpu().numpy()
-        voxel = 2.0 / (resolution - 1)
+        self.resolution = min(resolution, THIN_GRID)
+        strict = field_grid(lambda points: field(points, strict=True), self.resolution, device, progress, "hull").cpu().numpy()
+        voxel = 2.0 / (self.resolution - 1)
         self.thin = torch.from_numpy(thin_part_distance(strict < 0, THIN_RADIUS / voxel) * voxel).to(device)
 
     def __call__(self, points: torch.Tensor, sdf: torch.Tensor) -> torch.Tensor:
-        i, j, k = ((points + 1.0) * ((self.resolution - 1) / 2.0)).round().long().unbind(dim=1)
+        index = ((points + 1.0) * ((self.resolution - 1) / 2.0)).round().long().clamp(0, self.resolution - 1)
+        i, j, k = index.unbind(dim=1)
         return torch.maximum(self.field(points), torch.minimum(sdf, self.thin[i, j, k]))

@@ -99,8 +99,8 @@ def load_view_folder(folder: str | os.PathLike) -> ViewSet:
 def rig_view_set(polar: float, images: dict[str, Image.Image], generated: bool = False) -> ViewSet:
     """The ViewSet that ``write_view_folder`` then ``load_view_folder`` would give, without the disk round trip.
 
-    ``images`` must hold all 40 rig views (8-bit RGB, as generated views are): PNG is lossless, so the
-    arrays are the very ones the folder would hold."""
+    ``images`` must hold all 40 rig views as 8-bit RGB (as generated views are; alpha would not be composited onto
+    white here): PNG is lossless, so the arrays are the very ones the folder would hold."""
     c2ws = rig_c2ws(polar)
     if set(images) != set(c2ws):
         raise ValueError(f"a rig view set needs exactly the {len(c2ws)} rig views for polar {polar}")

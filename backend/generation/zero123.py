@@ -164,9 +164,12 @@ class Zero123Generator:
         cuDNN autotuning and ``torch.compile`` with CUDA graphs, one static graph per UNet batch shape.
 
         The first call of each batch shape compiles (about 45 s for the full-size UNet on an H100), so this pays in
-        long-lived processes (``batch``, a kept-alive worker). For sampling only: a compiled generator is not saved."""
+        long-lived processes (``batch``, scripts that convert many images). cuDNN autotuning is process-wide. For
+        sampling only: a compiled generator is not saved. Calling it again does nothing."""
         if self.device.type != "cuda":
             raise BackendError(f"compiling the view generator needs a CUDA device, not {self.device}: drop --compile")
+        if self.denoiser is not self.unet:
+            return
         torch.backends.cudnn.benchmark = True
         self.unet.to(memory_format=torch.channels_last)
         self.unet.fuse_qkv_projections()
