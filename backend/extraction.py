@@ -108,6 +108,17 @@ def sdf_grid(
     return field_grid(sdf, resolution, volume.latent.device, progress, "sdf", skip_empty).cpu().numpy()
 
 
+def occupied_box(mask: np.ndarray, pad: int) -> tuple[slice, ...] | None:
+    """Slices of the smallest box holding every True of ``mask``, grown by ``pad`` and clipped to it; None if empty."""
+    box = []
+    for axis, size in enumerate(mask.shape):
+        span = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if len(span) == 0:
+            return None
+        box.append(slice(max(int(span[0]) - pad, 0), min(int(span[-1]) + pad + 1, size)))
+    return tuple(box)
+
+
 def marching_cubes(sdf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Zero level set of u = -SDF with PyMCubes; vertices returned in normalised [-1, 1] coordinates.
 
@@ -116,15 +127,11 @@ def marching_cubes(sdf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     import mcubes
 
-    inside = sdf <= 0
-    spans = [np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-    if any(len(span) == 0 for span in spans):
+    box = occupied_box(sdf <= 0, 1)
+    if box is None:
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
-    low = [max(int(span[0]) - 1, 0) for span in spans]
-    high = [min(int(span[-1]) + 2, size) for span, size in zip(spans, sdf.shape)]
-    box = sdf[low[0] : high[0], low[1] : high[1], low[2] : high[2]]
-    vertices, faces = mcubes.marching_cubes(-box, 0.0)
-    vertices = (vertices + np.array(low)) / (sdf.shape[0] - 1) * 2.0 - 1.0
+    vertices, faces = mcubes.marching_cubes(-sdf[box], 0.0)
+    vertices = (vertices + np.array([axis.start for axis in box])) / (sdf.shape[0] - 1) * 2.0 - 1.0
     return vertices.astype(np.float32), faces.astype(np.int64)
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .extraction import field_grid
+from .extraction import field_grid, occupied_box
 from .progress import ProgressCallback, no_progress
 
 WHITE = 250 / 255  # a pixel is background only when every channel is at least this bright
@@ -83,12 +83,9 @@ def thin_part_distance(inside: np.ndarray, radius: float) -> np.ndarray:
     """Signed distance in voxels (negative inside) to the thin parts of a solid: those no ball of ``radius`` voxels
     inside it covers (the solid minus its morphological opening). Far from them: ``FAR_VOXELS``."""
     result = np.full(inside.shape, FAR_VOXELS, np.float32)
-    if not inside.any():
+    box = occupied_box(inside, int(np.ceil(radius)) + 2)
+    if box is None:
         return result
-    pad = int(np.ceil(radius)) + 2
-    box = tuple(slice(max(int(span[0]) - pad, 0), min(int(span[-1]) + pad + 1, size))
-                for span, size in ((np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis))), inside.shape[axis])
-                                   for axis in range(3)))
     solid = inside[box]
     core = ndimage.distance_transform_edt(solid) > radius  # centres of the balls that fit
     thin = solid & ~(ndimage.distance_transform_edt(~core) <= radius) if core.any() else solid
