@@ -1,6 +1,6 @@
 """End-to-end image -> mesh time at full Zero123-XL size (random weights) with the bundled reconstructor.
 
-Run from the repository root on a GPU: ``python -m bench.bench_image_to_mesh --dtype bf16 [--compile]``.
+Run from the repository root on a GPU: ``python -m bench.bench_image_to_mesh --dtype bf16 [--compile | --compile-all]``.
 Times the whole ``ImageToMeshPipeline`` call (preprocessing, both Zero123 stages each in one UNet batch
 with guidance batched, VAE encode/decode, reconstruction and a 256^3 coloured mesh) for the default
 schedule (75/50 DDIM steps as the reference runs them) and a fast schedule, with a given polar angle
@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", choices=list(DTYPES), default="bf16")
     parser.add_argument("--compile", action="store_true", help="Zero123Generator.compile(): channels-last, fused attention, torch.compile with CUDA graphs")
+    parser.add_argument("--compile-all", action="store_true", help="--compile, and the VAE and CLIP too (compile(everything=True))")
     parser.add_argument("--tiny", action="store_true", help="tiny random sizes (a smoke run)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--resolution", type=int, default=256, help="marching-cubes grid (default 256)")
@@ -118,8 +119,8 @@ def main() -> None:
     device = generator.device
     flops = unet_flops(generator.unet, arch, device, DTYPES[args.dtype])
     parameters = sum(p.numel() for p in generator.unet.parameters())  # before compile() adds fused copies
-    if args.compile:  # one static graph per batch shape (16/64 UNet rows with a given polar, 8/56 estimated)
-        generator.compile()
+    if args.compile or args.compile_all:  # one static graph per batch shape (16/64 UNet rows with a given polar, 8/56 estimated)
+        generator.compile(everything=args.compile_all)
     pipeline = ImageToMeshPipeline(generator, ReconstructionPipeline.from_checkpoint(None, str(device)))
     image = Image.open(EXAMPLE).convert("RGB")
 
@@ -132,7 +133,7 @@ def main() -> None:
 
     peak = matmul_peak(device, DTYPES[args.dtype])
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"{card}, torch {torch.__version__}, {args.dtype}{' + compile() (channels-last, fused attention, torch.compile with CUDA graphs)' if args.compile else ''}, "
+    print(f"{card}, torch {torch.__version__}, {args.dtype}{' + compile()' if args.compile or args.compile_all else ''}{' of UNet, VAE and CLIP' if args.compile_all else ''}, "
           f"{date.today()}; UNet {parameters / 1e6:.1f} M params, "
           f"{flops / 1e9:.1f} GFLOP per UNet image-step; {args.dtype} matmul peak {peak:.0f} TFLOP/s; "
           f"marching cubes at {args.resolution}^3\n")

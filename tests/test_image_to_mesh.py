@@ -133,3 +133,14 @@ def test_missing_generator_folder_is_one_clear_line(photo: Path, tmp_path: Path)
                              "--zero123", str(tmp_path / "no zero123")], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "no zero123" in result.stderr and "does not exist" in result.stderr
+
+
+@pytest.mark.parametrize("switch", ["--compile", "--compile-all"])
+def test_compiling_off_cuda_is_one_clear_line_and_writes_nothing(photo: Path, zero123_folder: Path, tmp_path: Path, switch: str) -> None:
+    out = tmp_path / "m.glb"
+    result = subprocess.run([sys.executable, "-m", "backend", "image2mesh", str(photo), "-o", str(out), "--zero123", str(zero123_folder),
+                             "--device", "cpu", switch], cwd=REPO, capture_output=True, text=True, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and len(errors) == 1, result.stderr[-2000:]
+    assert "needs a CUDA device, not cpu: drop --compile" in errors[0]
+    assert not out.exists()

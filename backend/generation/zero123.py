@@ -159,15 +159,16 @@ class Zero123Generator:
         generator.folder = root
         return generator
 
-    def compile(self) -> None:
+    def compile(self, everything: bool = False) -> None:
         """Trade start-up time for sampling speed on CUDA: channels-last convolutions, fused attention projections,
-        cuDNN autotuning and ``torch.compile``: the UNet with CUDA graphs, one static graph per UNet batch shape,
-        and the VAE's encoder and decoder and the CLIP image tower as fused kernels (about 0.1 s of a default call).
+        cuDNN autotuning and ``torch.compile`` of the UNet with CUDA graphs, one static graph per UNet batch shape.
+        ``everything`` also compiles the VAE's encoder and decoder and the CLIP image tower (channels-last VAE).
 
-        The first call of each batch shape compiles (about 45 s for the full-size UNet on an H100, about 40 s more
-        for the VAE and CLIP shapes), so this pays in long-lived processes (``batch``, scripts that convert many
-        images). cuDNN autotuning is process-wide. For sampling only: a compiled generator is not saved. Calling it
-        again does nothing."""
+        The first call of each batch shape compiles: about 45 s per UNet shape for the full-size model on an H100,
+        which a default call repays in about 2 s, so the UNet pays after a few dozen images in one process
+        (``batch``). ``everything`` costs about 90 s more per process and saves about 0.1 s per image: for
+        long-lived services and benchmarks. cuDNN autotuning is process-wide. For sampling only: a compiled
+        generator is not saved. Calling it again does nothing."""
         if self.device.type != "cuda":
             raise BackendError(f"compiling the view generator needs a CUDA device, not {self.device}: drop --compile")
         if self.denoiser is not self.unet:
@@ -175,11 +176,12 @@ class Zero123Generator:
         torch.backends.cudnn.benchmark = True
         self.unet.to(memory_format=torch.channels_last)
         self.unet.fuse_qkv_projections()
-        self.vae.to(memory_format=torch.channels_last)
         self.denoiser = torch.compile(self.unet, mode="reduce-overhead", dynamic=False)
-        self.vae.encoder = torch.compile(self.vae.encoder, dynamic=False)
-        self.vae.decoder = torch.compile(self.vae.decoder, dynamic=False)
-        self.image_encoder.vision_model = torch.compile(self.image_encoder.vision_model, dynamic=False)
+        if everything:
+            self.vae.to(memory_format=torch.channels_last)
+            self.vae.encoder = torch.compile(self.vae.encoder, dynamic=False)
+            self.vae.decoder = torch.compile(self.vae.decoder, dynamic=False)
+            self.image_encoder.vision_model = torch.compile(self.image_encoder.vision_model, dynamic=False)
 
     def save_folder(self, path: Path | str) -> None:
         """Write the diffusers layout ``from_folder`` reads (kxic's model_index, so diffusers' community pipeline loads it too).
