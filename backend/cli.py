@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="CUDA only: compile the view generator's UNet (channels-last, fused attention, CUDA graphs); "
                                  "the first image waits about 45 s per batch shape on an H100, later ones run about twice as fast, so it pays in batch")
     generation.add_argument("--compile-all", action="store_true",
-                            help="--compile, and the VAE and CLIP too: about 90 s more before the first image, about 0.1 s less per image")
+                            help="--compile, and the VAE and CLIP too: about 1.5 min more before the first image, about 0.1 s less per image")
 
     i2m = commands.add_parser("image2mesh", parents=[generation], help="one image -> coloured mesh (Zero123 views + reconstruction)",
                               description="One-2-3-45 end to end: cut out and recentre the object, generate 8 + 32 views with "

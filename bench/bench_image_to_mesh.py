@@ -1,6 +1,6 @@
 """End-to-end image -> mesh time at full Zero123-XL size (random weights) with the bundled reconstructor.
 
-Run from the repository root on a GPU: ``python -m bench.bench_image_to_mesh --dtype bf16 [--compile | --compile-all]``.
+Run from the repository root on a GPU: ``python -m bench.bench_image_to_mesh --dtype bf16 [--compile] [--compile-all]``.
 Times the whole ``ImageToMeshPipeline`` call (preprocessing, both Zero123 stages each in one UNet batch
 with guidance batched, VAE encode/decode, reconstruction and a 256^3 coloured mesh) for the default
 schedule (75/50 DDIM steps as the reference runs them) and a fast schedule, with a given polar angle

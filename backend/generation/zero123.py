@@ -124,6 +124,7 @@ class Zero123Generator:
         self.sampler = sampler
         self.unet, self.vae, self.image_encoder, self.projection = unet, vae, image_encoder, projection
         self.denoiser: torch.nn.Module = unet  # what sampling calls: the UNet itself, or its compiled form (``compile``)
+        self.compiled_everything = False  # the VAE and CLIP compiled too (``compile(everything=True)``)
         self.folder: Path | None = None  # where from_folder loaded it, for provenance
         for module in (unet, vae, image_encoder, projection):
             module.to(self.device).eval().requires_grad_(False)
@@ -161,27 +162,25 @@ class Zero123Generator:
 
     def compile(self, everything: bool = False) -> None:
         """Trade start-up time for sampling speed on CUDA: channels-last convolutions, fused attention projections,
-        cuDNN autotuning and ``torch.compile`` of the UNet with CUDA graphs, one static graph per UNet batch shape.
-        ``everything`` also compiles the VAE's encoder and decoder and the CLIP image tower (channels-last VAE).
+        cuDNN autotuning and ``torch.compile`` of the UNet with CUDA graphs, one static graph per UNet batch shape;
+        ``everything`` also compiles the VAE (channels-last) and the CLIP image tower.
 
-        The first call of each batch shape compiles: about 45 s per UNet shape for the full-size model on an H100,
-        which a default call repays in about 2 s, so the UNet pays after a few dozen images in one process
-        (``batch``). ``everything`` costs about 90 s more per process and saves about 0.1 s per image: for
-        long-lived services and benchmarks. cuDNN autotuning is process-wide. For sampling only: a compiled
-        generator is not saved. Calling it again does nothing."""
+        Each new batch shape compiles on its first call, so this pays only over many images in one process: the
+        UNet after a few dozen, ``everything`` after hundreds (BENCHMARKS.md). cuDNN autotuning is process-wide.
+        For sampling only: a compiled generator is not saved. Compiling what is already compiled does nothing."""
         if self.device.type != "cuda":
-            raise BackendError(f"compiling the view generator needs a CUDA device, not {self.device}: drop --compile")
-        if self.denoiser is not self.unet:
-            return
-        torch.backends.cudnn.benchmark = True
-        self.unet.to(memory_format=torch.channels_last)
-        self.unet.fuse_qkv_projections()
-        self.denoiser = torch.compile(self.unet, mode="reduce-overhead", dynamic=False)
-        if everything:
+            raise BackendError(f"compiling the view generator needs a CUDA device, not {self.device}: drop --compile / --compile-all")
+        if self.denoiser is self.unet:
+            torch.backends.cudnn.benchmark = True
+            self.unet.to(memory_format=torch.channels_last)
+            self.unet.fuse_qkv_projections()
+            self.denoiser = torch.compile(self.unet, mode="reduce-overhead", dynamic=False)
+        if everything and not self.compiled_everything:
             self.vae.to(memory_format=torch.channels_last)
             self.vae.encoder = torch.compile(self.vae.encoder, dynamic=False)
             self.vae.decoder = torch.compile(self.vae.decoder, dynamic=False)
             self.image_encoder.vision_model = torch.compile(self.image_encoder.vision_model, dynamic=False)
+            self.compiled_everything = True
 
     def save_folder(self, path: Path | str) -> None:
         """Write the diffusers layout ``from_folder`` reads (kxic's model_index, so diffusers' community pipeline loads it too).
