@@ -15,7 +15,7 @@ from .mesh import ColoredMesh
 from .models import ConditionalVolume, One2345Reconstructor
 from .models.batchnorm import NormStatistics, normalisation
 from .progress import ProgressCallback, no_progress
-from .silhouette import HullCarver, SilhouetteField, foreground_masks
+from .silhouette import HullCarver, SilhouetteField
 from .views import ViewSet
 
 DEFAULT_RESOLUTION = 256
@@ -81,11 +81,7 @@ class ReconstructionPipeline:
             carve = not views.generated
         carver = None
         if carve:
-            projections, _ = frame.source_cameras(views.source_c2ws)
-            focal = float(frame.intrinsics[0, 0] + frame.intrinsics[1, 1]) / 2
-            hull = SilhouetteField(foreground_masks(views.source_images),
-                                   torch.as_tensor(projections, dtype=torch.float32, device=self.device), focal)
-            carver = HullCarver(hull, resolution, self.device, progress)
+            carver = HullCarver(SilhouetteField.from_views(views, frame, self.device), resolution, self.device, progress)
         sdf = sdf_grid(self.model, volume, resolution, progress, carve=carver)
         vertices, faces = marching_cubes(sdf)
         progress("marching cubes", 1, 1)

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .extraction import field_grid, occupied_box
+from .frame import ReconstructionFrame
 from .progress import ProgressCallback, no_progress
+from .views import ViewSet
 
 WHITE = 250 / 255  # a pixel is background only when every channel is at least this bright
 MARGIN_PX = 1.5
@@ -61,6 +63,13 @@ class SilhouetteField:
         self.focal = float(focal)
         height, width = masks.shape[1:]
         self.scale = torch.tensor([2.0 / (width - 1), 2.0 / (height - 1)], device=device)
+
+    @classmethod
+    def from_views(cls, views: ViewSet, frame: ReconstructionFrame, device: torch.device | str = "cpu") -> SilhouetteField:
+        """The hull of ``views``' source silhouettes in ``frame``'s volume coordinates, as reconstruction carves with it."""
+        projections, _ = frame.source_cameras(views.source_c2ws)
+        focal = float(frame.intrinsics[0, 0] + frame.intrinsics[1, 1]) / 2
+        return cls(foreground_masks(views.source_images), torch.as_tensor(projections, dtype=torch.float32, device=device), focal)
 
     def __call__(self, points: torch.Tensor, strict: bool = False) -> torch.Tensor:
         """``strict``: a point that some view does not see is outside (``OUTSIDE``), not left to the views that see it."""

@@ -67,9 +67,7 @@ def test_carving_keeps_the_sphere_and_removes_what_no_view_shows(sphere_views) -
     from backend.extraction import marching_cubes
 
     views, frame = sphere_views
-    projections, _ = frame.source_cameras(views.source_c2ws)
-    field = SilhouetteField(foreground_masks(views.source_images), torch.as_tensor(projections, dtype=torch.float32),
-                            float(frame.intrinsics[0, 0]))
+    field = SilhouetteField.from_views(views, frame)
     axis = torch.linspace(-1, 1, 48)
     points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
     centre = torch.as_tensor(frame.to_normalised(np.zeros((1, 3))), dtype=torch.float32)
@@ -159,9 +157,7 @@ def test_a_flat_sheet_the_network_misses_is_kept_from_the_hull(tmp_path: Path) -
     views = load_view_folder(tmp_path / "views")
     frame = ReconstructionFrame.from_cameras(views.reference_c2w, views.source_c2ws, views.intrinsics, views.near_far,
                                              views.image_size)
-    projections, _ = frame.source_cameras(views.source_c2ws)
-    field = SilhouetteField(foreground_masks(views.source_images), torch.as_tensor(projections, dtype=torch.float32),
-                            float(frame.intrinsics[0, 0]))
+    field = SilhouetteField.from_views(views, frame)
     resolution = 128
     carver = HullCarver(field, resolution, torch.device("cpu"))
     intersected = field_grid(lambda points: torch.maximum(empty_network(points), field(points)), resolution, torch.device("cpu"))
