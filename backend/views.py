@@ -44,6 +44,11 @@ class ViewSet:
         return self.source_images.shape[1], self.source_images.shape[2]
 
 
+def rgb_array(image: Image.Image) -> np.ndarray:
+    """An opaque picture as float RGB in [0, 1]."""
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
 def load_rgb(path: Path) -> np.ndarray:
     """An image as float RGB in [0, 1], alpha composited onto white as the reference loader does."""
     try:
@@ -52,7 +57,7 @@ def load_rgb(path: Path) -> np.ndarray:
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
                 return rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
-            return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+            return rgb_array(img)
     except FileNotFoundError:
         raise InputError(f"missing view image {path}: a One-2-3-45 folder needs every file listed in pose.json") from None
     except OSError as exc:
@@ -105,7 +110,7 @@ def rig_view_set(polar: float, images: dict[str, Image.Image], generated: bool =
     if set(images) != set(c2ws):
         raise ValueError(f"a rig view set needs exactly the {len(c2ws)} rig views for polar {polar}")
     names = list(c2ws)
-    sources = np.stack([np.asarray(images[n].convert("RGB"), dtype=np.float32) / 255.0 for n in names[NUM_STAGE1:]])
+    sources = np.stack([rgb_array(images[n]) for n in names[NUM_STAGE1:]])
     poses = np.array([c2ws[n] for n in names])
     return ViewSet(sources, poses[NUM_STAGE1:], poses[0], INTRINSICS.astype(np.float64), NEAR_FAR, names[NUM_STAGE1:], generated)
 
