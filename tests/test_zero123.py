@@ -21,6 +21,7 @@ from backend.errors import BackendError, CancelledError, CheckpointError, InputE
 from backend.generation import ViewGenerator
 from backend.generation.convert import LdmArchitecture, convert_zero123_checkpoint
 from backend.generation.ddim import ddim_step, ddim_timesteps
+from backend.generation.one_token_attention import OneTokenCrossAttention, use_one_token_cross_attention
 from backend.generation.zero123 import (START_NOISE, START_NOISED_CONDITION, SamplerConfig, Zero123Generator, clip_pixels,
                                         combine_guidance, guidance_inputs)
 
@@ -196,6 +197,28 @@ def assert_same_views(a: torch.Tensor, b: torch.Tensor) -> None:
     """Equal up to float rounding: transformers maps loaded CLIP weights from the file, and the different memory
     alignment changes CPU kernels' summation order by an ulp (weights themselves are bit-identical)."""
     torch.testing.assert_close(a, b, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_one_token_cross_attention_matches_full_attention(fused: bool):
+    """The shortcut gives the UNet's output with diffusers' own attention, fused projections or not; a longer
+    context falls back to that attention."""
+    torch.manual_seed(3)
+    unet = UNet2DConditionModel(**TINY.unet_config()).eval()
+    if fused:
+        unet.fuse_qkv_projections()
+    sample, t = torch.randn(2, 8, 8, 8), torch.tensor([10, 700])
+    one, two = torch.randn(2, 1, TINY.context_dim), torch.randn(2, 2, TINY.context_dim)
+    with torch.no_grad():
+        reference = [unet(sample, t, encoder_hidden_states=c).sample for c in (one, two)]
+        use_one_token_cross_attention(unet)
+        shortcut = [unet(sample, t, encoder_hidden_states=c).sample for c in (one, two)]
+    cross = [m for n, m in unet.attn_processors.items() if "attn2" in n]
+    assert cross and all(isinstance(p, OneTokenCrossAttention) for p in cross)
+    assert not any(isinstance(p, OneTokenCrossAttention) for n, p in unet.attn_processors.items() if "attn1" in n)
+    torch.testing.assert_close(shortcut[0], reference[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shortcut[1], reference[1], atol=0, rtol=0)
+    assert not torch.allclose(reference[0], reference[1], atol=1e-3)  # the context matters, so the check means something
 
 
 def test_compiling_needs_cuda_and_leaves_the_generator_as_it_was(generator: Zero123Generator, image):

@@ -29,6 +29,7 @@ from ..errors import BackendError, CheckpointError, InputError
 from ..pickled import load_tensors_only
 from ..progress import ProgressCallback, no_progress
 from .ddim import NoiseSchedule, ddim_step, ddim_timesteps
+from .one_token_attention import use_one_token_cross_attention
 from .projection import CameraProjection, load_projection, projection_folder, save_projection
 
 HOW_TO_GET = ("download a Zero123-XL diffusers folder such as bennyguo/zero123-xl-diffusers on a machine with internet "
@@ -130,6 +131,7 @@ class Zero123Generator:
             module.to(self.device).eval().requires_grad_(False)
             if next(module.parameters()).dtype != dtype:  # diffusers warns on any dtype cast, so cast only when needed
                 module.to(dtype)
+        use_one_token_cross_attention(unet)  # the context is one token: skip the attention it makes trivial
         self.alphas_cumprod = sampler.schedule.alphas_cumprod().to(self.device)
 
     @classmethod
@@ -174,6 +176,7 @@ class Zero123Generator:
             torch.backends.cudnn.benchmark = True
             self.unet.to(memory_format=torch.channels_last)
             self.unet.fuse_qkv_projections()
+            use_one_token_cross_attention(self.unet)  # fusing reset every processor
             self.denoiser = torch.compile(self.unet, mode="reduce-overhead", dynamic=False)
         if everything and not self.compiled_everything:
             self.vae.to(memory_format=torch.channels_last)
