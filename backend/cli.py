@@ -123,15 +123,18 @@ def _train(args: argparse.Namespace) -> None:
     from .models import ReconstructorConfig
     from .distributed import DistributedContext
     from .training.dataset_format import SPLIT_FILE, RenderedFolderSource
-    from .training.sources import MeshFolderSource, ProceduralSource
+    from .training.sources import MeshFolderSource, MixedSource, ProceduralSource
     from .training.trainer import Trainer, TrainConfig
 
-    if args.data == "procedural":
-        source = ProceduralSource()
-    elif (Path(args.data) / SPLIT_FILE).is_file():
-        source = RenderedFolderSource(args.data)
-    else:
-        source = MeshFolderSource(args.data, args.up_axis)
+    def data_source(data: str) -> object:
+        if data == "procedural":
+            return ProceduralSource()
+        if (Path(data) / SPLIT_FILE).is_file():
+            return RenderedFolderSource(data)
+        return MeshFolderSource(data, args.up_axis)
+
+    sources = [data_source(data) for data in args.data]
+    source = sources[0] if len(sources) == 1 else MixedSource(sources)
     config = TrainConfig(steps=args.steps, seed=args.seed, batch=args.batch, rays=args.rays, checkpoint_every=args.checkpoint_every,
                          generated_fraction=args.generated_fraction, generator_steps=args.generator_steps,
                          model=ReconstructorConfig(volume_resolution=args.volume_resolution))
@@ -141,6 +144,8 @@ def _train(args: argparse.Namespace) -> None:
         config = replace(config, anneal_steps=1, sparseness_ramp_steps=1, mask_start=0)
     if args.lr is not None:
         config = replace(config, lr=args.lr)
+    if args.depth_weight is not None:
+        config = replace(config, weights=replace(config.weights, depth=args.depth_weight))
     context = DistributedContext.from_environment(args.device)
     try:
         if context.device.type == "cuda":
@@ -302,8 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Train the reconstruction network end to end; resumable, checkpoints in our safetensors format. "
                                          "Runs unchanged under `torchrun --nproc_per_node N -m backend train ...` "
                                          "(DistributedDataParallel; NCCL on GPUs, gloo on the CPU; rank 0 writes).")
-    tr.add_argument("--data", default="procedural", help="'procedural' (default), a training set made by render-dataset (it has split.json), "
-                                                          "or a folder of meshes (OBJ/PLY/GLB)")
+    tr.add_argument("--data", nargs="+", default=["procedural"],
+                    help="'procedural' (default), a training set made by render-dataset (it has split.json), or a folder of "
+                         "meshes (OBJ/PLY/GLB/OFF/STL); several are mixed evenly, e.g. --data procedural data/real_meshes/train")
     tr.add_argument("--up-axis", choices=("z", "y"), default="z", help="up axis of the meshes in --data (default z)")
     tr.add_argument("--out", type=Path, required=True, help="run folder; it is also a selectable checkpoint")
     tr.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
@@ -311,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start from this checkpoint's weights at step 0 (fine-tuning; e.g. backend/weights/reconstructor)")
     tr.add_argument("--steps", type=int, default=20_000)
     tr.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-4, as the reference)")
+    tr.add_argument("--depth-weight", type=float, default=None,
+                    help="weight of the target view's depth loss (default 0: the released configuration trains without it)")
     tr.add_argument("--batch", type=int, default=1,
                     help="objects per step over all processes (default 1); under torchrun each process takes batch / N")
     tr.add_argument("--rays", type=int, default=512, help="rays per object and step (default 512)")

@@ -14,7 +14,7 @@ from backend.checkpoints import load_reconstructor
 from backend.errors import CheckpointError
 from backend.models import ReconstructorConfig
 from backend.training.samples import make_sample
-from backend.training.sources import MeshFolderSource, ProceduralSource
+from backend.training.sources import MeshFolderSource, MixedSource, ProceduralSource
 from backend.training.trainer import LOG_FILE, STATE_META, Trainer, TrainConfig, learning_rate
 
 TINY = dict(rays=32, sdf_points=256, random_sdf_points=64, checkpoint_every=2, log_every=1,
@@ -86,6 +86,19 @@ def test_mesh_folder_source(shared_meshes: Path, tmp_path: Path) -> None:
     obj = source.object(0, torch.device("cpu"))
     assert obj.vertices.abs().max() <= 0.75 and obj.colors.shape == obj.vertices.shape and obj.sdf is None
     assert source.describe()["count"] == 1
+
+
+def test_mixed_source_draws_from_every_part(shared_meshes: Path, tmp_path: Path) -> None:
+    """Procedural objects come with SDF points, meshes without: both kinds turn up, and the run records the mix."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "suzanne.obj").symlink_to(shared_meshes / "suzanne.obj")
+    source = MixedSource([ProceduralSource(mesh_resolution=24), MeshFolderSource(tmp_path / "m", "y")])
+    rng = np.random.default_rng(0)
+    with_sdf = [source.sample(rng, (60.0, 90.0), 64, with_stage1=False).sdf_points is not None for _ in range(8)]
+    assert any(with_sdf) and not all(with_sdf)
+    assert [part["kind"] for part in source.describe()["parts"]] == ["procedural", "meshes"]
+    with pytest.raises(ValueError, match="at least two"):
+        MixedSource([ProceduralSource()])
 
 
 def test_mixed_training_takes_sources_from_the_frozen_generator(tmp_path: Path) -> None:

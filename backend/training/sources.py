@@ -1,5 +1,5 @@
 """Where training samples come from: procedural shapes (with exact SDFs) or a folder of meshes, rendered on the fly,
-or a rendered training set on disk (``dataset_format.RenderedFolderSource``)."""
+a rendered training set on disk (``dataset_format.RenderedFolderSource``), or an even mix of these (``MixedSource``)."""
 
 from __future__ import annotations
 
@@ -80,3 +80,19 @@ class MeshFolderSource(RenderingSource):
 
     def describe(self) -> dict:
         return {"kind": "meshes", "folder": str(self.folder), "count": len(self.paths), "up_axis": self.up_axis}
+
+
+class MixedSource:
+    """Each sample from one of ``parts``, drawn evenly: real meshes for their shapes beside procedural objects
+    for their exact SDFs, say."""
+
+    def __init__(self, parts: list[SampleSource]) -> None:
+        if len(parts) < 2:
+            raise ValueError("a mixed training source needs at least two sources")
+        self.parts = parts
+
+    def sample(self, rng: np.random.Generator, polar_range: tuple[float, float], sdf_points: int, with_stage1: bool) -> TrainingSample:
+        return self.parts[int(rng.integers(len(self.parts)))].sample(rng, polar_range, sdf_points, with_stage1)
+
+    def describe(self) -> dict:
+        return {"kind": "mixed", "parts": [part.describe() for part in self.parts]}
