@@ -135,6 +135,34 @@ def marching_cubes(sdf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return vertices.astype(np.float32), faces.astype(np.int64)
 
 
+def drop_cavities(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mesh without the surfaces of cavities sealed inside the solid.
+
+    Pictures cannot see inside a solid, so a sealed pocket of positive SDF is the network's error (a bubble), never
+    something the views showed; its surface only adds hidden triangles. Marching cubes orients every closed surface
+    with its normals leaving the solid, so an outer surface encloses positive volume and a cavity's, facing into the
+    pocket, negative: connected pieces of negative signed volume are dropped and the vertices compacted.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if len(faces) == 0:
+        return vertices, faces
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    graph = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(len(vertices),) * 2)
+    count, labels = connected_components(graph, directed=False)
+    triangles = vertices[faces].astype(np.float64)
+    volume = np.einsum("ij,ij->i", triangles[:, 0], np.cross(triangles[:, 1], triangles[:, 2]))  # 6x signed volume
+    piece = labels[faces[:, 0]]
+    keep = (np.bincount(piece, weights=volume, minlength=count) >= 0)[piece]
+    if keep.all():
+        return vertices, faces
+    used = np.zeros(len(vertices), bool)
+    used[faces[keep]] = True
+    index = np.cumsum(used) - 1
+    return vertices[used], index[faces[keep]].astype(faces.dtype)
+
+
 def vertex_colors(
     model: One2345Reconstructor, volume: ConditionalVolume, vertices: np.ndarray, progress: ProgressCallback = no_progress
 ) -> np.ndarray:

@@ -9,7 +9,7 @@ import torch
 
 from .checkpoints import CheckpointInfo, load_reconstructor
 from .devices import resolve_device
-from .extraction import marching_cubes, sdf_grid, vertex_colors
+from .extraction import drop_cavities, marching_cubes, sdf_grid, vertex_colors
 from .frame import ReconstructionFrame
 from .mesh import ColoredMesh
 from .models import ConditionalVolume, One2345Reconstructor
@@ -83,7 +83,7 @@ class ReconstructionPipeline:
         if carve:
             carver = HullCarver(SilhouetteField.from_views(views, frame, self.device), resolution, self.device, progress)
         sdf = sdf_grid(self.model, volume, resolution, progress, carve=carver)
-        vertices, faces = marching_cubes(sdf)
+        vertices, faces = drop_cavities(*marching_cubes(sdf))
         progress("marching cubes", 1, 1)
         colors = vertex_colors(self.model, volume, vertices, progress)
         world = frame.to_world(vertices.astype(np.float64)).astype(np.float32)

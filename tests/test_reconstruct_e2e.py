@@ -13,7 +13,7 @@ import torch
 import trimesh
 
 from backend.checkpoints import save_checkpoint
-from backend.extraction import marching_cubes, sdf_grid
+from backend.extraction import drop_cavities, marching_cubes, sdf_grid
 from backend.frame import ReconstructionFrame
 from backend.mesh import Z_UP_TO_Y_UP, ColoredMesh, export_mesh
 from backend.models import One2345Reconstructor
@@ -119,6 +119,25 @@ def test_marching_cubes_on_the_occupied_box_gives_the_whole_grid_mesh() -> None:
     np.testing.assert_allclose(np.linalg.norm(vertices - [0.4, -0.3, 0.1], axis=1), 0.35, atol=0.01)
     empty_vertices, empty_faces = marching_cubes(np.ones((16, 16, 16), np.float32))
     assert empty_vertices.shape == (0, 3) and empty_faces.shape == (0, 3)
+
+
+def test_sealed_cavities_are_dropped_and_everything_else_kept() -> None:
+    """A ball with a sealed pocket, beside a second ball: the pocket's surface goes, both outer surfaces stay whole."""
+    axis = np.linspace(-1, 1, 64)
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    first = np.sqrt((x + 0.45) ** 2 + y**2 + z**2)
+    second = np.sqrt((x - 0.6) ** 2 + y**2 + z**2)
+    solids = np.minimum(np.maximum(first - 0.45, 0.2 - first), second - 0.3).astype(np.float32)
+    vertices, faces = marching_cubes(solids)
+    kept_vertices, kept_faces = drop_cavities(vertices, faces)
+    pieces = trimesh.Trimesh(kept_vertices, kept_faces, process=False).split(only_watertight=False)
+    assert len(trimesh.Trimesh(vertices, faces, process=False).split(only_watertight=False)) == 3 and len(pieces) == 2
+    assert all(piece.is_watertight and piece.volume > 0 for piece in pieces)
+    expected = sorted(4 / 3 * np.pi * r**3 for r in (0.45, 0.3))
+    np.testing.assert_allclose(sorted(piece.volume for piece in pieces), expected, rtol=0.03)
+    assert kept_faces.max() == len(kept_vertices) - 1  # vertices compacted
+    solid_only = marching_cubes(np.minimum(first - 0.45, second - 0.3).astype(np.float32))  # no pocket: nothing to drop
+    assert all(np.array_equal(a, b) for a, b in zip(drop_cavities(*solid_only), solid_only))
 
 
 def test_batch_statistics_switch_leaves_buffers_untouched(suzanne_views: Path, checkpoint: Path) -> None:
