@@ -72,6 +72,17 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     assert [(e.step, round(e.value, 5)) for e in events.Scalars("train/total")] == [(r["step"], round(r["total"], 5)) for r in log]
 
 
+def test_fine_tune_records_where_it_started_through_a_resume(tmp_path: Path) -> None:
+    config = TrainConfig(steps=2, **TINY)
+    Trainer(config, ProceduralSource(40), tmp_path / "base", torch.device("cpu")).train()
+    Trainer(config, ProceduralSource(40), tmp_path / "tuned", torch.device("cpu"), init_from=tmp_path / "base").train(stop_at=1)
+    Trainer(config, ProceduralSource(40), tmp_path / "tuned", torch.device("cpu"), resume=True).train()
+    _, info = load_reconstructor(tmp_path / "tuned")
+    assert info.step == 2 and info.provenance["init_from"]["checkpoint"] == str(tmp_path / "base")
+    assert info.provenance["init_from"]["step"] == 2 and info.provenance["init_from"]["provenance"]["init_from"] is None
+    assert load_reconstructor(tmp_path / "base")[1].provenance["init_from"] is None
+
+
 def test_resume_without_saved_state_is_an_error(tmp_path: Path) -> None:
     """Resuming into an empty run folder used to train from scratch silently; now it says what is wrong."""
     with pytest.raises(CheckpointError, match="holds no training state"):

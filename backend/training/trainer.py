@@ -151,8 +151,12 @@ class Trainer:
         self.device = device
         self.step = 0
         saved = resume_state(self.out_dir, resume)
+        # A fine-tune's checkpoints name the checkpoint it started from, with that one's step and provenance.
+        self.init_from: dict | None = None
         if saved is not None or init_from is not None:
-            model, _ = load_reconstructor(self.out_dir if saved is not None else init_from)
+            model, info = load_reconstructor(self.out_dir if saved is not None else init_from)
+            self.init_from = (info.provenance.get("init_from") if saved is not None else
+                              {"checkpoint": str(init_from), "step": info.step, "provenance": info.provenance})
         else:
             torch.manual_seed(config.seed)
             model = One2345Reconstructor(config.model)
@@ -182,7 +186,7 @@ class Trainer:
         provenance = {"trainer": "backend.training", "data": self.source.describe(), "train_config": self.config.to_dict(),
                       "processes": self.context.world_size,
                       "view_generator": str(getattr(self.view_generator, "folder", None) or type(self.view_generator).__name__)
-                      if self.view_generator else None}
+                      if self.view_generator else None, "init_from": self.init_from}
         save_checkpoint(self.out_dir, self.model, step=self.step, provenance=provenance, metrics=metrics or {})
         tensors, meta = _flatten_optimizer(self.optimizer.state_dict())
         atomic_write(self.out_dir / STATE_WEIGHTS, save(tensors))
