@@ -123,10 +123,10 @@ def _train(args: argparse.Namespace) -> None:
     from .models import ReconstructorConfig
     from .distributed import DistributedContext
     from .training.dataset_format import SPLIT_FILE, RenderedFolderSource
-    from .training.sources import MeshFolderSource, MixedSource, ProceduralSource
+    from .training.sources import MeshFolderSource, MixedSource, ProceduralSource, SampleSource
     from .training.trainer import Trainer, TrainConfig
 
-    def data_source(data: str) -> object:
+    def data_source(data: str) -> SampleSource:
         if data == "procedural":
             return ProceduralSource()
         if (Path(data) / SPLIT_FILE).is_file():
