@@ -14,6 +14,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers/transformers read it: not
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.models.upsampling import Upsample2D
 from safetensors.torch import load_file
 
 from backend.cameras import relative_pose_vector
@@ -21,6 +22,7 @@ from backend.errors import BackendError, CancelledError, CheckpointError, InputE
 from backend.generation import ViewGenerator
 from backend.generation.convert import LdmArchitecture, convert_zero123_checkpoint
 from backend.generation.ddim import ddim_step, ddim_timesteps
+from backend.generation.layout_keeping_upsample import LayoutKeepingUpsample, keep_layout_when_upsampling
 from backend.generation.one_token_attention import OneTokenCrossAttention, use_one_token_cross_attention
 from backend.generation.zero123 import (START_NOISE, START_NOISED_CONDITION, SamplerConfig, Zero123Generator, clip_pixels,
                                         combine_guidance, guidance_inputs)
@@ -219,6 +221,25 @@ def test_one_token_cross_attention_matches_full_attention(fused: bool):
     torch.testing.assert_close(shortcut[0], reference[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(shortcut[1], reference[1], atol=0, rtol=0)
     assert not torch.allclose(reference[0], reference[1], atol=1e-3)  # the context matters, so the check means something
+
+
+@pytest.mark.parametrize("size", [8, 7])
+def test_layout_keeping_upsampling_matches_diffusers(size: int):
+    """The channels-last UNet's output at the stage-2 batch (64 rows, where diffusers' upsampler switches layout),
+    also at an odd size (the upsampler is then given the skip's size); parameter names are unchanged."""
+    torch.manual_seed(4)
+    unet = UNet2DConditionModel(**TINY.unet_config()).eval().to(memory_format=torch.channels_last)
+    sample = torch.randn(64, 8, size, size).to(memory_format=torch.channels_last)
+    t, context = torch.randint(0, 1000, (64,)), torch.randn(64, 1, TINY.context_dim)
+    names = set(unet.state_dict())
+    with torch.no_grad():
+        reference = unet(sample, t, encoder_hidden_states=context).sample
+        keep_layout_when_upsampling(unet)
+        kept = unet(sample, t, encoder_hidden_states=context).sample
+    assert any(isinstance(m, LayoutKeepingUpsample) for m in unet.modules())
+    assert not any(isinstance(m, Upsample2D) for m in unet.modules())
+    assert set(unet.state_dict()) == names and kept.shape == (64, 4, size, size)
+    torch.testing.assert_close(kept, reference, atol=1e-5, rtol=1e-5)
 
 
 def test_compiling_needs_cuda_and_leaves_the_generator_as_it_was(generator: Zero123Generator, image):

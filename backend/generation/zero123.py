@@ -29,6 +29,7 @@ from ..errors import BackendError, CheckpointError, InputError
 from ..pickled import load_tensors_only
 from ..progress import ProgressCallback, no_progress
 from .ddim import NoiseSchedule, ddim_step, ddim_timesteps
+from .layout_keeping_upsample import keep_layout_when_upsampling
 from .one_token_attention import use_one_token_cross_attention
 from .projection import CameraProjection, load_projection, projection_folder, save_projection
 
@@ -163,8 +164,8 @@ class Zero123Generator:
         return generator
 
     def compile(self, everything: bool = False) -> None:
-        """Trade start-up time for sampling speed on CUDA: channels-last convolutions, fused attention projections,
-        cuDNN autotuning and ``torch.compile`` of the UNet with CUDA graphs, one static graph per UNet batch shape;
+        """Trade start-up time for sampling speed on CUDA: channels-last convolutions kept channels-last throughout,
+        fused attention projections, cuDNN autotuning and ``torch.compile`` of the UNet with CUDA graphs, one static graph per UNet batch shape;
         ``everything`` also compiles the VAE (channels-last) and the CLIP image tower.
 
         Each new batch shape compiles on its first call, so this pays only over many images in one process: the
@@ -177,7 +178,11 @@ class Zero123Generator:
             self.unet.to(memory_format=torch.channels_last)
             self.unet.fuse_qkv_projections()
             use_one_token_cross_attention(self.unet)  # fusing reset every processor
-            self.denoiser = torch.compile(self.unet, mode="reduce-overhead", dynamic=False)
+            keep_layout_when_upsampling(self.unet)
+            # CUDA graphs as mode="reduce-overhead"; Inductor's own layout choice would store each up-block's
+            # concatenation of skip and upsampled features channels-first, between channels-last convolutions
+            self.denoiser = torch.compile(self.unet, dynamic=False,
+                                          options={"triton.cudagraphs": True, "layout_optimization": False})
         if everything and not self.compiled_everything:
             self.vae.to(memory_format=torch.channels_last)
             self.vae.encoder = torch.compile(self.vae.encoder, dynamic=False)
