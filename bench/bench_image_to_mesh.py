@@ -88,7 +88,7 @@ def print_stages(pipeline: ImageToMeshPipeline, image: Image.Image, device: torc
 
 
 def unet_alone_tflops(generator: Zero123Generator, arch: LdmArchitecture, flops: float, batch: int = 64, calls: int = 20) -> float:
-    """TFLOP/s of the denoiser by itself at the 32-view stage-2 batch (64 rows with guidance), inputs ready on the GPU."""
+    """TFLOP/s of the denoiser by itself at a batch of ``batch`` rows (64: the 32-view stage-2 batch with guidance), inputs ready."""
     latent = arch.image_size // 8
     sample = torch.randn(batch, 2 * arch.latent_channels, latent, latent, device=generator.device, dtype=generator.dtype)
     context = torch.randn(batch, 1, arch.context_dim, device=generator.device, dtype=generator.dtype)
