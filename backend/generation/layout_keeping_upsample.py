@@ -23,7 +23,8 @@ class LayoutKeepingUpsample(torch.nn.Module):
         super().__init__()
         self.conv = upsample.conv
 
-    def forward(self, hidden_states: torch.Tensor, output_size: tuple[int, int] | None = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, output_size: tuple[int, int] | None = None, *args: Any,
+                **kwargs: Any) -> torch.Tensor:
         if output_size is None:
             hidden_states = F.interpolate(hidden_states, scale_factor=2.0, mode="nearest")
         else:

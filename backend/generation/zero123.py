@@ -164,9 +164,9 @@ class Zero123Generator:
         return generator
 
     def compile(self, everything: bool = False) -> None:
-        """Trade start-up time for sampling speed on CUDA: channels-last convolutions kept channels-last throughout,
-        fused attention projections, cuDNN autotuning and ``torch.compile`` of the UNet with CUDA graphs, one static graph per UNet batch shape;
-        ``everything`` also compiles the VAE (channels-last) and the CLIP image tower.
+        """Trade start-up time for sampling speed on CUDA: a UNet channels-last throughout, fused attention
+        projections, cuDNN autotuning and ``torch.compile`` of the UNet with CUDA graphs, one static graph per UNet
+        batch shape; ``everything`` also compiles the VAE (channels-last) and the CLIP image tower.
 
         Each new batch shape compiles on its first call, so this pays only over many images in one process: the
         UNet after a few dozen, ``everything`` after hundreds (BENCHMARKS.md). cuDNN autotuning is process-wide.
