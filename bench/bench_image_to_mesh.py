@@ -87,12 +87,17 @@ def print_stages(pipeline: ImageToMeshPipeline, image: Image.Image, device: torc
         print(f"| {stage} | {value:.3f} |")
 
 
+def unet_inputs(generator: Zero123Generator, arch: LdmArchitecture, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random (sample, timestep, context) for one denoiser call of ``rows`` rows, on the generator's device."""
+    latent = arch.image_size // 8
+    sample = torch.randn(rows, 2 * arch.latent_channels, latent, latent, device=generator.device, dtype=generator.dtype)
+    context = torch.randn(rows, 1, arch.context_dim, device=generator.device, dtype=generator.dtype)
+    return sample, torch.full((rows,), 500, device=generator.device, dtype=torch.long), context
+
+
 def unet_alone_tflops(generator: Zero123Generator, arch: LdmArchitecture, flops: float, batch: int = 64, calls: int = 20) -> float:
     """TFLOP/s of the denoiser by itself at a batch of ``batch`` rows (64: the 32-view stage-2 batch with guidance), inputs ready."""
-    latent = arch.image_size // 8
-    sample = torch.randn(batch, 2 * arch.latent_channels, latent, latent, device=generator.device, dtype=generator.dtype)
-    context = torch.randn(batch, 1, arch.context_dim, device=generator.device, dtype=generator.dtype)
-    t = torch.full((batch,), 500, device=generator.device, dtype=torch.long)
+    sample, t, context = unet_inputs(generator, arch, batch)
 
     def denoise() -> None:
         with torch.no_grad():

@@ -19,12 +19,12 @@ from torch.profiler import ProfilerActivity, profile
 from backend.generation.convert import LdmArchitecture
 from backend.generation.zero123 import Zero123Generator
 
-from .bench_image_to_mesh import matmul_peak, unet_alone_tflops, unet_flops
+from .bench_image_to_mesh import matmul_peak, unet_alone_tflops, unet_flops, unet_inputs
 from .bench_zero123 import DTYPES, FULL_CLIP, TINY_ARCH, TINY_CLIP, build
 
 ROWS = (16, 64)
 # Substrings of CUDA kernel names, first match wins: cuDNN convolutions, attention (cuDNN's or flash), GEMMs.
-KERNEL_KINDS = (("attention", ("flash", "fmha", "sdpa")), ("convolution", ("fprop", "implicit_gemm", "conv")),
+KERNEL_KINDS = (("attention", ("flash", "fmha", "sdpa")), ("convolution", ("fprop", "implicit_gemm", "convolution", "conv2d")),
                 ("GEMM", ("gemm", "nvjet", "cutlass", "cublas")))
 
 
@@ -38,10 +38,7 @@ def kernel_kind(name: str) -> str:
 
 def kernel_time_by_kind(generator: Zero123Generator, arch: LdmArchitecture, rows: int, calls: int = 10) -> Counter[str]:
     """Microseconds of CUDA kernels per denoiser call, summed by kind."""
-    latent = arch.image_size // 8
-    sample = torch.randn(rows, 2 * arch.latent_channels, latent, latent, device=generator.device, dtype=generator.dtype)
-    context = torch.randn(rows, 1, arch.context_dim, device=generator.device, dtype=generator.dtype)
-    t = torch.full((rows,), 500, device=generator.device, dtype=torch.long)
+    sample, t, context = unet_inputs(generator, arch, rows)
     with torch.no_grad():
         generator.denoiser(sample, t, encoder_hidden_states=context)  # warm-up (and compilation of this shape)
         with profile(activities=[ProfilerActivity.CUDA]) as profiler:
