@@ -13,6 +13,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers/transformers read it: not
 
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.models.upsampling import Upsample2D
 from safetensors.torch import load_file
@@ -20,6 +21,7 @@ from safetensors.torch import load_file
 from backend.cameras import relative_pose_vector
 from backend.errors import BackendError, CancelledError, CheckpointError, InputError
 from backend.generation import ViewGenerator
+from backend.generation.channel_stats_group_norm import MIN_IMAGES, ChannelStatsGroupNorm, use_channel_stats_group_norm
 from backend.generation.convert import LdmArchitecture, convert_zero123_checkpoint
 from backend.generation.ddim import ddim_step, ddim_timesteps
 from backend.generation.layout_keeping_upsample import LayoutKeepingUpsample, keep_layout_when_upsampling
@@ -240,6 +242,42 @@ def test_layout_keeping_upsampling_matches_diffusers(size: int):
     assert not any(isinstance(m, Upsample2D) for m in unet.modules())
     assert set(unet.state_dict()) == names and kept.shape == (64, 4, size, size)
     torch.testing.assert_close(kept, reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape, groups", [((MIN_IMAGES, 64, 4, 4), 32), ((MIN_IMAGES + 1, 12, 5, 7), 4),
+                                           ((MIN_IMAGES, 8, 5), 2), ((MIN_IMAGES - 1, 12, 5, 7), 4)])
+def test_channel_stats_group_norm_matches_group_norm(shape: tuple[int, ...], groups: int):
+    """Channels-last input whose channel means differ widely, so a group's variance is much more than the mean of
+    its channels' variances; a batch under MIN_IMAGES goes through F.group_norm itself."""
+    torch.manual_seed(len(shape) + groups)
+    norm = torch.nn.GroupNorm(groups, shape[1], eps=1e-6)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = torch.randn(shape) * 3 + torch.randn(shape[:2] + (1,) * (len(shape) - 2)) * 5
+    if x.ndim == 4:
+        x = x.to(memory_format=torch.channels_last)
+    reference = F.group_norm(x.double(), groups, norm.weight.double(), norm.bias.double(), norm.eps)
+    with torch.no_grad():
+        out = ChannelStatsGroupNorm.like(norm)(x)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert ((out.double() - reference).norm() / reference.norm()).item() < 1e-6
+
+
+def test_channel_stats_group_norm_in_the_unet_keeps_names_and_output():
+    """The channels-last UNet at the stage-2 batch (64 rows), where the channel-statistics path is taken."""
+    torch.manual_seed(6)
+    unet = UNet2DConditionModel(**TINY.unet_config()).eval().to(memory_format=torch.channels_last)
+    sample = torch.randn(64, 8, 8, 8).to(memory_format=torch.channels_last)
+    t, context = torch.randint(0, 1000, (64,)), torch.randn(64, 1, TINY.context_dim)
+    names = set(unet.state_dict())
+    with torch.no_grad():
+        reference = unet(sample, t, encoder_hidden_states=context).sample
+        use_channel_stats_group_norm(unet)
+        swapped = unet(sample, t, encoder_hidden_states=context).sample
+    assert any(isinstance(m, ChannelStatsGroupNorm) for m in unet.modules())
+    assert not any(type(m) is torch.nn.GroupNorm for m in unet.modules())
+    assert set(unet.state_dict()) == names
+    torch.testing.assert_close(swapped, reference, atol=1e-5, rtol=1e-5)
 
 
 def test_compiling_needs_cuda_and_leaves_the_generator_as_it_was(generator: Zero123Generator, image):

@@ -28,6 +28,7 @@ from ..cameras import relative_pose_vector
 from ..errors import BackendError, CheckpointError, InputError
 from ..pickled import load_tensors_only
 from ..progress import ProgressCallback, no_progress
+from .channel_stats_group_norm import use_channel_stats_group_norm
 from .ddim import NoiseSchedule, ddim_step, ddim_timesteps
 from .layout_keeping_upsample import keep_layout_when_upsampling
 from .one_token_attention import use_one_token_cross_attention
@@ -165,8 +166,9 @@ class Zero123Generator:
 
     def compile(self, everything: bool = False) -> None:
         """Trade start-up time for sampling speed on CUDA: a UNet channels-last throughout, fused attention
-        projections, cuDNN autotuning and ``torch.compile`` of the UNet with CUDA graphs, one static graph per UNet
-        batch shape; ``everything`` also compiles the VAE (channels-last) and the CLIP image tower.
+        projections, group norms that read channels-last memory in order, cuDNN autotuning and ``torch.compile``
+        of the UNet with CUDA graphs, one static graph per UNet batch shape; ``everything`` also compiles the VAE
+        (channels-last) and the CLIP image tower.
 
         Each new batch shape compiles on its first call, so this pays only over many images in one process: the
         UNet after a few dozen, ``everything`` after hundreds (BENCHMARKS.md). cuDNN autotuning is process-wide.
@@ -179,6 +181,7 @@ class Zero123Generator:
             self.unet.fuse_qkv_projections()
             use_one_token_cross_attention(self.unet)  # fusing reset every processor
             keep_layout_when_upsampling(self.unet)
+            use_channel_stats_group_norm(self.unet)
             # CUDA graphs as mode="reduce-overhead"; Inductor's own layout choice would store each up-block's
             # concatenation of skip and upsampled features channels-first, between channels-last convolutions
             self.denoiser = torch.compile(self.unet, dynamic=False,
