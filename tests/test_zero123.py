@@ -7,6 +7,7 @@ import math
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers/transformers read it: nothing may reach for the hub
@@ -225,19 +226,26 @@ def test_one_token_cross_attention_matches_full_attention(fused: bool):
     assert not torch.allclose(reference[0], reference[1], atol=1e-3)  # the context matters, so the check means something
 
 
-@pytest.mark.parametrize("size", [8, 7])
-def test_layout_keeping_upsampling_matches_diffusers(size: int):
-    """The channels-last UNet's output at the stage-2 batch (64 rows, where diffusers' upsampler switches layout),
-    also at an odd size (the upsampler is then given the skip's size); parameter names are unchanged."""
-    torch.manual_seed(4)
+def stage2_outputs_around(swap: Callable[[UNet2DConditionModel], None], seed: int, size: int = 8
+                          ) -> tuple[UNet2DConditionModel, set[str], torch.Tensor, torch.Tensor]:
+    """A seeded tiny channels-last UNet's output for one random 64-row stage-2 call before and after ``swap(unet)``,
+    with the UNet and its parameter names from before."""
+    torch.manual_seed(seed)
     unet = UNet2DConditionModel(**TINY.unet_config()).eval().to(memory_format=torch.channels_last)
     sample = torch.randn(64, 8, size, size).to(memory_format=torch.channels_last)
     t, context = torch.randint(0, 1000, (64,)), torch.randn(64, 1, TINY.context_dim)
     names = set(unet.state_dict())
     with torch.no_grad():
-        reference = unet(sample, t, encoder_hidden_states=context).sample
-        keep_layout_when_upsampling(unet)
-        kept = unet(sample, t, encoder_hidden_states=context).sample
+        before = unet(sample, t, encoder_hidden_states=context).sample
+        swap(unet)
+        return unet, names, before, unet(sample, t, encoder_hidden_states=context).sample
+
+
+@pytest.mark.parametrize("size", [8, 7])
+def test_layout_keeping_upsampling_matches_diffusers(size: int):
+    """The channels-last UNet's output at the stage-2 batch (64 rows, where diffusers' upsampler switches layout),
+    also at an odd size (the upsampler is then given the skip's size); parameter names are unchanged."""
+    unet, names, reference, kept = stage2_outputs_around(keep_layout_when_upsampling, 4, size)
     assert any(isinstance(m, LayoutKeepingUpsample) for m in unet.modules())
     assert not any(isinstance(m, Upsample2D) for m in unet.modules())
     assert set(unet.state_dict()) == names and kept.shape == (64, 4, size, size)
@@ -265,15 +273,7 @@ def test_channel_stats_group_norm_matches_group_norm(shape: tuple[int, ...], gro
 
 def test_channel_stats_group_norm_in_the_unet_keeps_names_and_output():
     """The channels-last UNet at the stage-2 batch (64 rows), where the channel-statistics path is taken."""
-    torch.manual_seed(6)
-    unet = UNet2DConditionModel(**TINY.unet_config()).eval().to(memory_format=torch.channels_last)
-    sample = torch.randn(64, 8, 8, 8).to(memory_format=torch.channels_last)
-    t, context = torch.randint(0, 1000, (64,)), torch.randn(64, 1, TINY.context_dim)
-    names = set(unet.state_dict())
-    with torch.no_grad():
-        reference = unet(sample, t, encoder_hidden_states=context).sample
-        use_channel_stats_group_norm(unet)
-        swapped = unet(sample, t, encoder_hidden_states=context).sample
+    unet, names, reference, swapped = stage2_outputs_around(use_channel_stats_group_norm, 6)
     assert any(isinstance(m, ChannelStatsGroupNorm) for m in unet.modules())
     assert not any(type(m) is torch.nn.GroupNorm for m in unet.modules())
     assert set(unet.state_dict()) == names
