@@ -32,7 +32,8 @@ class ChannelStatsGroupNorm(torch.nn.GroupNorm):
             return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         batch, channels = x.shape[:2]
         per_group = channels // self.num_groups
-        variance, mean = torch.var_mean(x.float(), dim=tuple(range(2, x.ndim)), correction=0)
+        values = x.float()
+        variance, mean = torch.var_mean(values, dim=tuple(range(2, x.ndim)), correction=0)
         variance = variance.view(batch, self.num_groups, per_group)
         mean = mean.view(batch, self.num_groups, per_group)
         group_mean = mean.mean(dim=2, keepdim=True)
@@ -42,7 +43,7 @@ class ChannelStatsGroupNorm(torch.nn.GroupNorm):
         if self.affine:
             scale, shift = scale * self.weight, shift * self.weight + self.bias
         spread = (batch, channels) + (1,) * (x.ndim - 2)
-        return (x.float() * scale.view(spread) + shift.view(spread)).to(x.dtype)
+        return (values * scale.view(spread) + shift.view(spread)).to(x.dtype)
 
 
 def use_channel_stats_group_norm(module: torch.nn.Module) -> None:
