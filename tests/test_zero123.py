@@ -27,6 +27,7 @@ from backend.generation.convert import LdmArchitecture, convert_zero123_checkpoi
 from backend.generation.ddim import ddim_step, ddim_timesteps
 from backend.generation.layout_keeping_upsample import LayoutKeepingUpsample, keep_layout_when_upsampling
 from backend.generation.one_token_attention import OneTokenCrossAttention, use_one_token_cross_attention
+from backend.generation.residual_in_gemm_block import ResidualInGemmBlock, use_residual_in_gemm_blocks
 from backend.generation.zero123 import (START_NOISE, START_NOISED_CONDITION, SamplerConfig, Zero123Generator, clip_pixels,
                                         combine_guidance, guidance_inputs)
 
@@ -224,6 +225,31 @@ def test_one_token_cross_attention_matches_full_attention(fused: bool):
     torch.testing.assert_close(shortcut[0], reference[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(shortcut[1], reference[1], atol=0, rtol=0)
     assert not torch.allclose(reference[0], reference[1], atol=1e-3)  # the context matters, so the check means something
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_residual_in_gemm_blocks_match_diffusers_blocks(fused: bool):
+    """With the sums in the output GEMMs the UNet gives diffusers' output for a one-token context, with fused
+    projections and the one-token shortcut or without; a longer context takes the plain path; names stay."""
+    torch.manual_seed(8)
+    unet = UNet2DConditionModel(**TINY.unet_config()).eval()
+    sample, t = torch.randn(3, 8, 8, 8), torch.tensor([10, 500, 990])
+    one, two = torch.randn(3, 1, TINY.context_dim), torch.randn(3, 2, TINY.context_dim)
+    names = set(unet.state_dict())
+    with torch.no_grad():
+        reference = [unet(sample, t, encoder_hidden_states=c).sample for c in (one, two)]
+        if fused:
+            unet.fuse_qkv_projections()
+            use_one_token_cross_attention(unet)
+        use_residual_in_gemm_blocks(unet)
+        swapped = [unet(sample, t, encoder_hidden_states=c).sample for c in (one, two)]
+    blocks = [m for m in unet.modules() if isinstance(m, ResidualInGemmBlock)]
+    assert len(blocks) == sum(len(b.attentions) for b in (*unet.down_blocks, unet.mid_block, *unet.up_blocks)
+                              if hasattr(b, "attentions")) > 0
+    assert {n for n in unet.state_dict() if not re.search(r"\.to_(qkv|kv)\.", n)} == names  # fusing adds these
+    torch.testing.assert_close(swapped[0], reference[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(swapped[1], reference[1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(reference[0], reference[1], atol=1e-3)
 
 
 def stage2_outputs_around(swap: Callable[[UNet2DConditionModel], None], seed: int, size: int = 8

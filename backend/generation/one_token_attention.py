@@ -30,13 +30,21 @@ class OneTokenCrossAttention:
         *args: Any,
         **kwargs: Any,
     ) -> torch.Tensor:
-        plain = attn.spatial_norm is None and attn.group_norm is None and not attn.residual_connection
         if encoder_hidden_states is None or encoder_hidden_states.shape[1] != 1 or attention_mask is not None \
-                or hidden_states.ndim != 3 or not plain:
+                or hidden_states.ndim != 3 or not plain_cross_attention(attn):
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
-        value = attn.to_out[1](attn.to_out[0](attn.to_v(context))) / attn.rescale_output_factor
-        return value.expand(-1, hidden_states.shape[1], -1)
+        return one_token_value(attn, encoder_hidden_states).expand(-1, hidden_states.shape[1], -1)
+
+
+def plain_cross_attention(attn: Attention) -> bool:
+    """True where the output is the attention alone: no spatial or group norm, no residual inside."""
+    return attn.spatial_norm is None and attn.group_norm is None and not attn.residual_connection
+
+
+def one_token_value(attn: Attention, context: torch.Tensor) -> torch.Tensor:
+    """What a plain ``attn`` gives every position for a one-token ``context`` (batch, 1, channels)."""
+    context = attn.norm_encoder_hidden_states(context) if attn.norm_cross else context
+    return attn.to_out[1](attn.to_out[0](attn.to_v(context))) / attn.rescale_output_factor
 
 
 def use_one_token_cross_attention(unet: torch.nn.Module) -> None:

@@ -33,6 +33,7 @@ from .ddim import NoiseSchedule, ddim_step, ddim_timesteps
 from .layout_keeping_upsample import keep_layout_when_upsampling
 from .one_token_attention import use_one_token_cross_attention
 from .projection import CameraProjection, load_projection, projection_folder, save_projection
+from .residual_in_gemm_block import use_residual_in_gemm_blocks
 
 HOW_TO_GET = ("download a Zero123-XL diffusers folder such as bennyguo/zero123-xl-diffusers on a machine with internet "
               "and copy it here, or convert zero123-xl.ckpt with "
@@ -166,9 +167,9 @@ class Zero123Generator:
 
     def compile(self, everything: bool = False) -> None:
         """Trade start-up time for sampling speed on CUDA: a UNet channels-last throughout, fused attention
-        projections, group norms that read channels-last memory in order, cuDNN autotuning and ``torch.compile``
-        of the UNet with CUDA graphs, one static graph per UNet batch shape; ``everything`` also compiles the VAE
-        (channels-last) and the CLIP image tower.
+        projections, group norms that read channels-last memory in order, the transformer blocks' residual sums
+        inside their output GEMMs, cuDNN autotuning and ``torch.compile`` of the UNet with CUDA graphs, one static
+        graph per UNet batch shape; ``everything`` also compiles the VAE (channels-last) and the CLIP image tower.
 
         Each new batch shape compiles on its first call, so this pays only over many images in one process: the
         UNet after a few dozen, ``everything`` after hundreds (BENCHMARKS.md). cuDNN autotuning is process-wide.
@@ -182,6 +183,7 @@ class Zero123Generator:
             use_one_token_cross_attention(self.unet)  # fusing reset every processor
             keep_layout_when_upsampling(self.unet)
             use_channel_stats_group_norm(self.unet)
+            use_residual_in_gemm_blocks(self.unet)
             # CUDA graphs as mode="reduce-overhead"; Inductor's own layout choice would store each up-block's
             # concatenation of skip and upsampled features channels-first, between channels-last convolutions
             self.denoiser = torch.compile(self.unet, dynamic=False,
