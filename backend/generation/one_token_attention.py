@@ -31,12 +31,12 @@ class OneTokenCrossAttention:
         **kwargs: Any,
     ) -> torch.Tensor:
         if encoder_hidden_states is None or encoder_hidden_states.shape[1] != 1 or attention_mask is not None \
-                or hidden_states.ndim != 3 or not plain_cross_attention(attn):
+                or hidden_states.ndim != 3 or not plain_attention(attn):
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         return one_token_value(attn, encoder_hidden_states).expand(-1, hidden_states.shape[1], -1)
 
 
-def plain_cross_attention(attn: Attention) -> bool:
+def plain_attention(attn: Attention) -> bool:
     """True where the output is the attention alone: no spatial or group norm, no residual inside."""
     return attn.spatial_norm is None and attn.group_norm is None and not attn.residual_connection
 

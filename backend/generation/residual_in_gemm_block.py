@@ -20,7 +20,7 @@ from diffusers.models.activations import GEGLU
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention
 
-from .one_token_attention import one_token_value, plain_cross_attention
+from .one_token_attention import one_token_value, plain_attention
 
 
 class ResidualInGemmBlock(torch.nn.Module):
@@ -72,8 +72,7 @@ def self_attention_heads(attn: Attention, hidden_states: torch.Tensor) -> torch.
 
 def plain_self_attention(attn: Attention) -> bool:
     """True for the self-attention this block computes itself: no norms, masks or rescaling inside."""
-    return (not attn.is_cross_attention and attn.spatial_norm is None and attn.group_norm is None
-            and attn.norm_q is None and attn.norm_k is None and not attn.residual_connection
+    return (not attn.is_cross_attention and plain_attention(attn) and attn.norm_q is None and attn.norm_k is None
             and attn.rescale_output_factor == 1.0 and attn.to_out[0].bias is not None
             and (attn.to_out[1].p == 0.0 or not attn.training))
 
@@ -81,7 +80,7 @@ def plain_self_attention(attn: Attention) -> bool:
 def plain_block(block: torch.nn.Module) -> bool:
     """True for the only ``BasicTransformerBlock`` form this replaces: Stable Diffusion 1's (Zero123's) blocks."""
     return (isinstance(block, BasicTransformerBlock) and block.norm_type == "layer_norm" and block.pos_embed is None
-            and not block.only_cross_attention and block.attn2 is not None and plain_cross_attention(block.attn2)
+            and not block.only_cross_attention and block.attn2 is not None and plain_attention(block.attn2)
             and block._chunk_size is None
             and not hasattr(block, "fuser") and plain_self_attention(block.attn1)
             and isinstance(block.ff.net[0], GEGLU) and len(block.ff.net) == 3 and block.ff.net[2].bias is not None)
