@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.models.upsampling import Upsample2D
 from safetensors.torch import load_file
+from torch._inductor.utils import run_and_get_code
 
 from backend.cameras import relative_pose_vector
 from backend.errors import BackendError, CancelledError, CheckpointError, InputError
@@ -27,7 +28,7 @@ from backend.generation.convert import LdmArchitecture, convert_zero123_checkpoi
 from backend.generation.ddim import ddim_step, ddim_timesteps
 from backend.generation.layout_keeping_upsample import LayoutKeepingUpsample, keep_layout_when_upsampling
 from backend.generation.one_token_attention import OneTokenCrossAttention, use_one_token_cross_attention
-from backend.generation.residual_in_gemm_block import ResidualInGemmBlock, use_residual_in_gemm_blocks
+from backend.generation.residual_in_gemm_block import OP_NAMESPACE, ResidualInGemmBlock, use_residual_in_gemm_blocks
 from backend.generation.zero123 import (START_NOISE, START_NOISED_CONDITION, SamplerConfig, Zero123Generator, clip_pixels,
                                         combine_guidance, guidance_inputs)
 
@@ -250,6 +251,24 @@ def test_residual_in_gemm_blocks_match_diffusers_blocks(fused: bool):
     torch.testing.assert_close(swapped[0], reference[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(swapped[1], reference[1], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(reference[0], reference[1], atol=1e-3)
+
+
+def test_compiled_residual_in_gemm_block_accumulates_in_place_correctly():
+    """Compiled, the block gives diffusers' block output and leaves its input as it was; both output GEMMs
+    accumulate into the buffer Inductor's sum kernel wrote, with no copy of it first."""
+    torch.manual_seed(5)
+    unet = UNet2DConditionModel(**TINY.unet_config()).eval()
+    block = next(m for m in unet.modules() if m.__class__.__name__ == "BasicTransformerBlock")
+    hidden_states = torch.randn(2, 16, block.norm1.normalized_shape[0])
+    context, before = torch.randn(2, 1, TINY.context_dim), hidden_states.clone()
+    with torch.no_grad():
+        reference = block(hidden_states, encoder_hidden_states=context)
+        compiled = torch.compile(ResidualInGemmBlock(block), dynamic=False)
+        output, (code,) = run_and_get_code(compiled, hidden_states, encoder_hidden_states=context)
+    torch.testing.assert_close(output, reference, atol=1e-5, rtol=1e-5)
+    assert torch.equal(hidden_states, before)
+    assert code.count(f"{OP_NAMESPACE}.add_matmul_.default(") == 2
+    assert "clone" not in code and ".copy_(" not in code
 
 
 def stage2_outputs_around(swap: Callable[[UNet2DConditionModel], None], seed: int, size: int = 8

@@ -8,6 +8,10 @@ recomputes the sums again for the block's last residual. Here the residual, the 
 in as the accumulator input of the self-attention's output GEMM (``addmm``'s ``beta`` term), and the sum it
 returns, plus the feed-forward's bias, as that of the feed-forward's last GEMM: every sum is computed once, by
 cuBLAS, and each norm reads one contiguous tensor. The result is the same up to bf16 rounding of the sums.
+
+The GEMMs accumulate in place (``add_matmul_``): an out-of-place ``addmm`` first copies its accumulator into a new
+output buffer, one extra read and write of the activations per GEMM. Inductor gives the op the buffer its fused
+sum kernel has just written and that nothing else reads, so nothing is copied.
 """
 
 from __future__ import annotations
@@ -21,6 +25,21 @@ from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention
 
 from .one_token_attention import one_token_value, plain_attention
+
+# the module's own name as the op namespace: a second copy of the backend in one process (the add-on's, a
+# script's) registers its own op instead of colliding with this one
+OP_NAMESPACE = __name__.replace(".", "_")
+
+
+@torch.library.custom_op(f"{OP_NAMESPACE}::add_matmul_", mutates_args=("accumulator",))
+def add_matmul_(accumulator: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
+    """``accumulator += left @ right`` in place, all three 2-D: cuBLAS's ``beta`` term with no copy first."""
+    accumulator.addmm_(left, right)
+
+
+@add_matmul_.register_fake
+def _add_matmul_shapes(accumulator: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
+    """Nothing to allocate: the op writes its accumulator."""
 
 
 class ResidualInGemmBlock(torch.nn.Module):
@@ -41,13 +60,14 @@ class ResidualInGemmBlock(torch.nn.Module):
             return self.plain_forward(hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask,
                                       cross_attention_kwargs or {})
         out = self.attn1.to_out[0]
-        residual = hidden_states + one_token_value(self.attn2, encoder_hidden_states) + out.bias
         attended = self_attention_heads(self.attn1, self.norm1(hidden_states))
-        hidden_states = torch.addmm(residual.flatten(0, 1), attended.flatten(0, 1), out.weight.t()).view_as(residual)
+        hidden_states = (hidden_states + one_token_value(self.attn2, encoder_hidden_states) + out.bias).contiguous()
+        add_matmul_(hidden_states.flatten(0, 1), attended.flatten(0, 1), out.weight.t())
         last = self.ff.net[2]
         gated = self.ff.net[0](self.norm3(hidden_states))
-        summed = torch.addmm((hidden_states + last.bias).flatten(0, 1), gated.flatten(0, 1), last.weight.t())
-        return summed.view_as(hidden_states)
+        summed = (hidden_states + last.bias).contiguous()
+        add_matmul_(summed.flatten(0, 1), gated.flatten(0, 1), last.weight.t())
+        return summed
 
     def plain_forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None,
                       encoder_hidden_states: torch.Tensor | None, encoder_attention_mask: torch.Tensor | None,
