@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 from safetensors.torch import load_file
 from torch._inductor.utils import run_and_get_code
@@ -28,6 +29,7 @@ from backend.generation.convert import LdmArchitecture, convert_zero123_checkpoi
 from backend.generation.ddim import ddim_step, ddim_timesteps
 from backend.generation.layout_keeping_upsample import LayoutKeepingUpsample, keep_layout_when_upsampling
 from backend.generation.one_token_attention import OneTokenCrossAttention, use_one_token_cross_attention
+from backend.generation.per_image_vectors import ColumnSlice, OneTokenValuesUNet, TimeProjections, batch_per_image_vectors
 from backend.generation.residual_in_gemm_block import OP_NAMESPACE, ResidualInGemmBlock, use_residual_in_gemm_blocks
 from backend.generation.zero123 import (START_NOISE, START_NOISED_CONDITION, SamplerConfig, Zero123Generator, clip_pixels,
                                         combine_guidance, guidance_inputs)
@@ -269,6 +271,32 @@ def test_compiled_residual_in_gemm_block_accumulates_in_place_correctly():
     assert torch.equal(hidden_states, before)
     assert code.count(f"{OP_NAMESPACE}.add_matmul_.default(") == 2
     assert "clone" not in code and ".copy_(" not in code
+
+
+def test_per_image_vectors_from_two_gemms_match_diffusers():
+    """The time projections and one-token values from one GEMM each give diffusers' UNet output, for a one-token
+    context and (own values, plain path) a two-token one; the values the UNet uses are the wrapper's."""
+    torch.manual_seed(9)
+    unet = UNet2DConditionModel(**TINY.unet_config()).eval()
+    sample, t = torch.randn(3, 8, 8, 8), torch.tensor([10, 500, 990])
+    one, two = torch.randn(3, 1, TINY.context_dim), torch.randn(3, 2, TINY.context_dim)
+    resnets = [m for m in unet.modules() if isinstance(m, ResnetBlock2D)]
+    with torch.no_grad():
+        reference = [unet(sample, t, encoder_hidden_states=c).sample for c in (one, two)]
+        use_residual_in_gemm_blocks(unet)
+        batched = batch_per_image_vectors(unet)
+        outputs = [batched(sample, t, encoder_hidden_states=c).sample for c in (one, two)]
+        for module in unet.modules():
+            if isinstance(module, ResidualInGemmBlock):
+                module.attn2.to_v.weight.zero_()
+        without_own_values = batched(sample, t, encoder_hidden_states=one).sample
+        own_values_only = unet(sample, t, encoder_hidden_states=one).sample
+    assert isinstance(batched, OneTokenValuesUNet) and isinstance(unet.time_embedding, TimeProjections)
+    assert all(isinstance(resnet.time_emb_proj, ColumnSlice) for resnet in resnets)
+    assert unet.time_embedding.weight.shape[0] == sum(resnet.norm2.num_channels for resnet in resnets)
+    for output, expected in zip((*outputs, without_own_values), (*reference, reference[0])):
+        torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(own_values_only, reference[0], atol=1e-3)  # zeroed to_v: the wrapper's values count
 
 
 def stage2_outputs_around(swap: Callable[[UNet2DConditionModel], None], seed: int, size: int = 8

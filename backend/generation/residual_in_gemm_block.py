@@ -26,6 +26,8 @@ from diffusers.models.attention_processor import Attention
 
 from .one_token_attention import one_token_value, plain_attention
 
+ONE_TOKEN_VALUES = "one_token_values"  # the ``cross_attention_kwargs`` key of every block's one-token value at once
+
 # the module's own name as the op namespace: a second copy of the backend in one process (the add-on's, a
 # script's) registers its own op instead of colliding with this one
 OP_NAMESPACE = __name__.replace(".", "_")
@@ -50,18 +52,25 @@ class ResidualInGemmBlock(torch.nn.Module):
         super().__init__()
         for name in ("norm1", "attn1", "norm2", "attn2", "norm3", "ff"):
             setattr(self, name, getattr(block, name))
+        # where this block's one-token value is among the columns of ``cross_attention_kwargs[ONE_TOKEN_VALUES]``,
+        # when a wrapper computes every block's at once (``per_image_vectors``); else the block computes its own
+        self.value_columns: tuple[int, int] | None = None
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 encoder_hidden_states: torch.Tensor | None = None, encoder_attention_mask: torch.Tensor | None = None,
                 timestep: Any = None, cross_attention_kwargs: dict[str, Any] | None = None, class_labels: Any = None,
                 added_cond_kwargs: Any = None) -> torch.Tensor:
+        cross_attention_kwargs = dict(cross_attention_kwargs or {})
+        values = cross_attention_kwargs.pop(ONE_TOKEN_VALUES, None)
         if encoder_hidden_states is None or encoder_hidden_states.shape[1] != 1 or attention_mask is not None \
                 or encoder_attention_mask is not None or cross_attention_kwargs:
             return self.plain_forward(hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask,
-                                      cross_attention_kwargs or {})
+                                      cross_attention_kwargs)
+        value = one_token_value(self.attn2, encoder_hidden_states) if values is None or self.value_columns is None \
+            else values[:, None, self.value_columns[0]:self.value_columns[1]]
         out = self.attn1.to_out[0]
         attended = self_attention_heads(self.attn1, self.norm1(hidden_states))
-        hidden_states = (hidden_states + one_token_value(self.attn2, encoder_hidden_states) + out.bias).contiguous()
+        hidden_states = (hidden_states + value + out.bias).contiguous()
         add_matmul_(hidden_states.flatten(0, 1), attended.flatten(0, 1), out.weight.t())
         last = self.ff.net[2]
         gated = self.ff.net[0](self.norm3(hidden_states))

@@ -32,6 +32,7 @@ from .channel_stats_group_norm import use_channel_stats_group_norm
 from .ddim import NoiseSchedule, ddim_step, ddim_timesteps
 from .layout_keeping_upsample import keep_layout_when_upsampling
 from .one_token_attention import use_one_token_cross_attention
+from .per_image_vectors import batch_per_image_vectors
 from .projection import CameraProjection, load_projection, projection_folder, save_projection
 from .residual_in_gemm_block import use_residual_in_gemm_blocks
 
@@ -168,8 +169,9 @@ class Zero123Generator:
     def compile(self, everything: bool = False) -> None:
         """Trade start-up time for sampling speed on CUDA: a UNet channels-last throughout, fused attention
         projections, group norms that read channels-last memory in order, the transformer blocks' residual sums
-        inside their output GEMMs, cuDNN autotuning and ``torch.compile`` of the UNet with CUDA graphs, one static
-        graph per UNet batch shape; ``everything`` also compiles the VAE (channels-last) and the CLIP image tower.
+        inside their output GEMMs, the per-image time projections and one-token values each from one GEMM, cuDNN
+        autotuning and ``torch.compile`` of the UNet with CUDA graphs, one static graph per UNet batch shape;
+        ``everything`` also compiles the VAE (channels-last) and the CLIP image tower.
 
         Each new batch shape compiles on its first call, so this pays only over many images in one process: the
         UNet after a few dozen, ``everything`` after hundreds (BENCHMARKS.md). cuDNN autotuning is process-wide.
@@ -186,7 +188,7 @@ class Zero123Generator:
             use_residual_in_gemm_blocks(self.unet)
             # CUDA graphs as mode="reduce-overhead"; Inductor's own layout choice would store each up-block's
             # concatenation of skip and upsampled features channels-first, between channels-last convolutions
-            self.denoiser = torch.compile(self.unet, dynamic=False,
+            self.denoiser = torch.compile(batch_per_image_vectors(self.unet), dynamic=False,
                                           options={"triton.cudagraphs": True, "layout_optimization": False})
         if everything and not self.compiled_everything:
             self.vae.to(memory_format=torch.channels_last)
