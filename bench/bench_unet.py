@@ -3,7 +3,8 @@
 Run from the repository root on a GPU: ``python -m bench.bench_unet --dtype bf16 [--compile] [--profile]``.
 Times the denoiser as the pipeline calls it at the stage-1 batch (8 views x 2 guidance branches = 16 rows) and
 the stage-2 batch (64 rows), inputs ready on the device, and gives TFLOP/s against the matmul peak measured
-in the same run. ``--profile`` adds the CUDA kernel time of one call by kind (convolutions, GEMMs,
+just before (and again after) the timings. Under ``bench.compare_trees run`` it compiles alongside the other
+trees' benches and times in its turns (``bench.turns``). ``--profile`` adds the CUDA kernel time of one call by kind (convolutions, GEMMs,
 attention, everything else), from ``torch.profiler``, to show which kernels hold the UNet below the peak.
 """
 
@@ -21,6 +22,7 @@ from backend.generation.zero123 import Zero123Generator
 
 from .bench_image_to_mesh import matmul_peak, unet_alone_tflops, unet_flops, unet_inputs
 from .bench_zero123 import DTYPES, FULL_CLIP, TINY_ARCH, TINY_CLIP, build
+from .turns import timing_rounds
 
 ROWS = (16, 64)
 # Substrings of CUDA kernel names, first match wins: cuDNN convolutions, attention (cuDNN's or flash), GEMMs.
@@ -52,6 +54,16 @@ def kernel_time_by_kind(generator: Zero123Generator, arch: LdmArchitecture, rows
     return kinds
 
 
+def warm_up(generator: Zero123Generator, arch: LdmArchitecture) -> None:
+    """One call at each batch shape, so that compiling it (and cuDNN's autotuning) is over before any timing."""
+    with torch.no_grad():
+        for rows in ROWS:
+            sample, t, context = unet_inputs(generator, arch, rows)
+            generator.denoiser(sample, t, encoder_hidden_states=context)
+    if generator.device.type == "cuda":
+        torch.cuda.synchronize(generator.device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -66,21 +78,24 @@ def main() -> None:
     flops = unet_flops(generator.unet, arch, device, DTYPES[args.dtype])
     if args.compile:
         generator.compile()
-    peak = matmul_peak(device, DTYPES[args.dtype])
+    warm_up(generator, arch)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{card}, torch {torch.__version__}, {args.dtype}{' + compile()' if args.compile else ''}, {date.today()}; "
-          f"{flops / 1e9:.1f} GFLOP per UNet image-step; {args.dtype} matmul peak {peak:.0f} TFLOP/s\n")
-    print("| rows | ms per call | TFLOP/s | of matmul peak |\n| ---: | ---: | ---: | ---: |")
-    for rows in ROWS:
-        tflops = unet_alone_tflops(generator, arch, flops, batch=rows)
-        print(f"| {rows} | {flops * rows / tflops / 1e9:.2f} | {tflops:.0f} | {tflops / peak:.0%} |", flush=True)
-    if args.profile and device.type == "cuda":
+          f"{flops / 1e9:.1f} GFLOP per UNet image-step", flush=True)
+    for _ in timing_rounds():
+        peak = matmul_peak(device, DTYPES[args.dtype])
+        print(f"\n{args.dtype} matmul peak {peak:.0f} TFLOP/s\n")
+        print("| rows | ms per call | TFLOP/s | of matmul peak |\n| ---: | ---: | ---: | ---: |")
         for rows in ROWS:
-            kinds = kernel_time_by_kind(generator, arch, rows)
-            print(f"\nCUDA kernels of one {rows}-row call: {sum(kinds.values()) / 1e3:.2f} ms\n\n| kind | ms |\n| --- | ---: |")
-            for kind, microseconds in kinds.most_common():
-                print(f"| {kind} | {microseconds / 1e3:.2f} |")
-    print(f"\n{args.dtype} matmul peak measured again afterwards: {matmul_peak(device, DTYPES[args.dtype]):.0f} TFLOP/s")
+            tflops = unet_alone_tflops(generator, arch, flops, batch=rows)
+            print(f"| {rows} | {flops * rows / tflops / 1e9:.2f} | {tflops:.0f} | {tflops / peak:.0%} |", flush=True)
+        if args.profile and device.type == "cuda":
+            for rows in ROWS:
+                kinds = kernel_time_by_kind(generator, arch, rows)
+                print(f"\nCUDA kernels of one {rows}-row call: {sum(kinds.values()) / 1e3:.2f} ms\n\n| kind | ms |\n| --- | ---: |")
+                for kind, microseconds in kinds.most_common():
+                    print(f"| {kind} | {microseconds / 1e3:.2f} |")
+        print(f"\n{args.dtype} matmul peak measured again afterwards: {matmul_peak(device, DTYPES[args.dtype]):.0f} TFLOP/s", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,21 @@
-"""Paired timing of revisions of this repository on one machine: does a change make a bench faster?
+"""Paired timing of revisions of this repository on one machine: does a change make the UNet faster?
 
 A speed change lands only once it beats what it replaces on the same card in the same run. Here, export the
-revisions to compare (their code only; each tree links back to this checkout's bundled weights and examples),
-into a folder git ignores, which a GPU call then carries::
+revisions to compare into a folder git ignores, which a GPU call then carries::
 
-    python -m bench.compare_trees export main~1 main --into .device_data/trees
+    python -m bench.compare_trees export f9939bf main --into .device_data/trees
 
-and on the GPU machine, from the repository root::
+Each tree holds its revision's ``backend`` code; its bundled weights, ``bench`` and ``examples`` are links to
+this checkout's, so every revision is measured by the same bench on the same data. On the GPU machine, from the
+repository root::
 
     python -m bench.compare_trees run .device_data/trees/* -- bench.bench_unet --dtype bf16 --compile
 
-``run`` first runs the bench in every tree at once, which compiles each tree's models and leaves them in
-Inductor's on-disk cache, then in each tree alone, one tree after the other, ``--rounds`` times round: each tree
-is timed on an otherwise idle card, and the card's drift over the run falls on all of them alike. The trees'
-output is printed as it comes, then one table of the bench's Markdown rows: for each row, the best value of
-``--column`` (1: the first after the row's name) that each tree gave over the rounds.
+``run`` starts the bench in every tree at once: they build and compile side by side, which saves minutes of
+GPU-machine time, then time in turns (``bench.turns``), ``--rounds`` times round, each alone on the card while
+the others wait, so that the card's drift over the run falls on all of them alike. Each tree's output follows
+its turn, then one table of the bench's Markdown rows: for each row, the best value of ``--column`` (1: the
+first after the row's name) that each tree gave over the rounds.
 """
 
 from __future__ import annotations
@@ -26,17 +27,23 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
+
+from .turns import ROUNDS, TURNS
 
 REPO = Path(__file__).resolve().parents[1]
-LINKED = ("backend/weights", "examples")  # data, not code: the same for every tree, and too big to copy
+CODE = "backend"  # what differs between the trees
+LINKED = ("backend/weights", "bench", "examples")  # what they share: this checkout's
 NUMBER = re.compile(r"[-+]?\d+(\.\d+)?")
 
 
 def export(revisions: list[str], into: Path) -> list[Path]:
-    """One folder per revision under ``into``, named ``<index>-<short hash>``: its ``backend`` and ``bench``,
-    and links to this checkout's bundled weights and examples."""
+    """One folder per revision under ``into``, named ``<index>-<short hash>``, holding that revision's backend
+    code and links to this checkout's bundled weights, bench and examples."""
     into.mkdir(parents=True, exist_ok=True)
     trees = []
     for index, revision in enumerate(revisions):
@@ -45,8 +52,9 @@ def export(revisions: list[str], into: Path) -> list[Path]:
         if tree.exists():
             raise SystemExit(f"{tree} already exists: remove it or export into another folder")
         with tempfile.TemporaryFile() as archive:
-            subprocess.run(["git", "-C", str(REPO), "archive", commit, "backend", "bench",
-                            *(f":(exclude){path}" for path in LINKED)], stdout=archive, check=True)
+            subprocess.run(["git", "-C", str(REPO), "archive", commit, CODE,
+                            *(f":(exclude){path}" for path in LINKED if path.startswith(f"{CODE}/"))],
+                           stdout=archive, check=True)
             archive.seek(0)
             with tarfile.open(fileobj=archive) as tar:
                 tar.extractall(tree, filter="data")
@@ -65,68 +73,97 @@ def git(*args: str) -> str:
     return result.stdout
 
 
-def run_bench(tree: Path, bench: list[str], label: str) -> list[str]:
-    """Run ``python -m <bench...>`` in ``tree``, printing its output as it comes; its lines."""
-    lines = []
-    with subprocess.Popen([sys.executable, "-m", *bench], cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}) as process:
-        for line in process.stdout:
-            lines.append(line.rstrip("\n"))
-            print(f"[{label}] {lines[-1]}", flush=True)
-    if process.returncode != 0:
-        raise SystemExit(f"the bench failed in {tree} (exit status {process.returncode}): see [{label}] above")
-    return lines
+@dataclass
+class TreeBench:
+    """One tree's bench process, its folder of turn markers and its log."""
+
+    tree: Path
+    turns: Path
+    log: IO[str]
+    process: subprocess.Popen
+    printed: int = 0  # characters of the log already printed
+
+    @classmethod
+    def start(cls, tree: Path, bench: list[str], rounds: int, scratch: Path) -> TreeBench:
+        turns = scratch / tree.name
+        turns.mkdir()
+        log = open(scratch / f"{tree.name}.log", "w+")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", TURNS: str(turns), ROUNDS: str(rounds)}
+        process = subprocess.Popen([sys.executable, "-m", *bench], cwd=tree, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return cls(tree, turns, log, process)
+
+    def wait_for(self, marker: str) -> None:
+        """Until the bench leaves ``marker``; one clear line, after its output, if it ends first."""
+        while not (self.turns / marker).exists():
+            if self.process.poll() is not None:
+                self.print_new()
+                why = "does not take turns (bench.turns.timing_rounds)" if self.process.returncode == 0 \
+                    else f"failed (exit status {self.process.returncode})"
+                raise SystemExit(f"the bench in {self.tree} {why}: its output is above")
+            time.sleep(0.1)
+
+    def print_new(self) -> None:
+        """What the bench wrote since the last call, each line marked with the tree's name."""
+        self.log.seek(self.printed)
+        text = self.log.read()
+        self.printed += len(text)
+        for line in text.splitlines():
+            print(f"[{self.tree.name}] {line}", flush=True)
+
+    def lines(self) -> list[str]:
+        self.log.seek(0)
+        return self.log.read().splitlines()
 
 
-def warm_up(trees: list[Path], bench: list[str]) -> None:
-    """The bench in every tree at once, its output kept back unless it fails: this fills the compile cache."""
-    processes = [subprocess.Popen([sys.executable, "-m", *bench], cwd=tree, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for tree in trees]
-    failed = []
-    for tree, process in zip(trees, processes):
-        output, _ = process.communicate()
-        if process.returncode != 0:
-            print(f"[{tree.name} warm-up]\n{output}", flush=True)
-            failed.append(tree.name)
-    if failed:
-        raise SystemExit(f"the bench failed in {', '.join(failed)} while warming up: see its output above")
-    print(f"warmed up: {', '.join(tree.name for tree in trees)}", flush=True)
-
-
-def table_values(lines: list[str], column: int) -> dict[str, float]:
-    """The number in ``column`` of each Markdown table row whose cell there is a number, by the row's first cell."""
-    values = {}
+def table_values(lines: list[str], column: int) -> list[tuple[str, float]]:
+    """The number in ``column`` of each Markdown table row whose cell there is a number, with the row's first cell."""
+    values = []
     for line in lines:
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")] if line.startswith("|") else []
         if len(cells) > column and NUMBER.fullmatch(cells[column].rstrip("%")):
-            values[cells[0]] = float(cells[column].rstrip("%"))
+            values.append((cells[0], float(cells[column].rstrip("%"))))
     return values
 
 
-def summary(best: dict[str, dict[str, float]], trees: list[Path], higher_is_better: bool) -> str:
+def summary(best: dict[str, dict[str, float]], names: list[str], higher_is_better: bool) -> str:
     """A Markdown table: one row per bench row, one column per tree, each tree's best value."""
-    names = [tree.name for tree in trees]
     rows = [f"| row | {' | '.join(names)} |", f"| --- |{' ---: |' * len(names)}"]
     for key, by_tree in best.items():
-        cells = [f"{by_tree[name]:g}" if name in by_tree else "-" for name in names]
-        rows.append(f"| {key} | {' | '.join(cells)} |")
+        rows.append(f"| {key} | {' | '.join(f'{by_tree[name]:g}' if name in by_tree else '-' for name in names)} |")
     rows.append(f"\nbest = {'highest' if higher_is_better else 'lowest'} over the rounds")
     return "\n".join(rows)
 
 
 def compare(trees: list[Path], bench: list[str], rounds: int, column: int, higher_is_better: bool) -> None:
-    """Warm up every tree together, then time them alone in turn and print the best values side by side."""
-    missing = [str(tree) for tree in trees if not (tree / "backend").is_dir()]
+    """Start every tree's bench, let each time alone in turn, ``rounds`` times, and print the best values."""
+    missing = [str(tree) for tree in trees if not (tree / CODE).is_dir() or not (tree / "bench").is_dir()]
     if missing:
         raise SystemExit(f"not a tree from `compare_trees export`: {', '.join(missing)}")
-    warm_up(trees, bench)
-    best: dict[str, dict[str, float]] = defaultdict(dict)
-    pick = max if higher_is_better else min
-    for round_index in range(rounds):
-        for tree in trees:
-            for key, value in table_values(run_bench(tree, bench, f"{tree.name} #{round_index + 1}"), column).items():
-                best[key][tree.name] = pick(value, best[key].get(tree.name, value))
-    print("\n" + summary(best, trees, higher_is_better), flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        benches = [TreeBench.start(tree, bench, rounds, Path(scratch)) for tree in trees]
+        try:
+            for index in range(rounds):
+                for one in benches:
+                    one.wait_for(f"ready-{index}")
+                    print(f"round {index + 1}: {one.tree.name} times, {len(benches) - 1} other(s) wait", flush=True)
+                    (one.turns / f"go-{index}").touch()
+                    one.wait_for(f"ready-{index + 1}")
+                    one.print_new()
+            for one in benches:
+                if one.process.wait() != 0:
+                    one.print_new()
+                    raise SystemExit(f"the bench in {one.tree} failed after its last round: its output is above")
+                one.print_new()
+            best: dict[str, dict[str, float]] = defaultdict(dict)
+            pick = max if higher_is_better else min
+            for one in benches:
+                for key, value in table_values(one.lines(), column):
+                    best[key][one.tree.name] = pick(value, best[key].get(one.tree.name, value))
+        finally:
+            for one in benches:
+                one.process.kill()
+                one.log.close()
+    print("\n" + summary(best, [tree.name for tree in trees], higher_is_better), flush=True)
 
 
 def main() -> None:
