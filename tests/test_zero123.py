@@ -32,7 +32,7 @@ from backend.generation.one_token_attention import OneTokenCrossAttention, use_o
 from backend.generation.per_image_vectors import ColumnSlice, OneTokenValuesUNet, TimeProjections, batch_per_image_vectors
 from backend.generation.residual_in_gemm_block import OP_NAMESPACE, ResidualInGemmBlock, use_residual_in_gemm_blocks
 from backend.generation.zero123 import (START_NOISE, START_NOISED_CONDITION, SamplerConfig, Zero123Generator, clip_pixels,
-                                        combine_guidance, guidance_inputs)
+                                        combine_guidance, guidance_inputs, sampling_unet)
 
 from .tiny_zero123 import TINY, tiny_generator
 
@@ -297,6 +297,20 @@ def test_per_image_vectors_from_two_gemms_match_diffusers():
     for output, expected in zip((*outputs, without_own_values), (*reference, reference[0])):
         torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(own_values_only, reference[0], atol=1e-3)  # zeroed to_v: the wrapper's values count
+
+
+def test_sampling_unet_compiled_on_the_cpu_matches_diffusers():
+    """The whole rewrite ``compile()`` compiles, compiled as one graph (CPU Inductor, no CUDA graphs), gives the
+    eager diffusers UNet's output for a channels-last 64-row stage-2 call with a one-token context."""
+    torch.manual_seed(12)
+    unet = UNet2DConditionModel(**TINY.unet_config()).eval()
+    sample = torch.randn(64, 8, 8, 8).to(memory_format=torch.channels_last)
+    t, context = torch.full((64,), 500), torch.randn(64, 1, TINY.context_dim)
+    with torch.no_grad():
+        reference = unet(sample, t, encoder_hidden_states=context).sample
+        compiled = torch.compile(sampling_unet(unet), dynamic=False, fullgraph=True)
+        output = compiled(sample, t, encoder_hidden_states=context).sample
+    torch.testing.assert_close(output, reference, atol=2e-5, rtol=1e-5)
 
 
 def stage2_outputs_around(swap: Callable[[UNet2DConditionModel], None], seed: int, size: int = 8

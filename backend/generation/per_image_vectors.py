@@ -8,6 +8,11 @@ weights are stacked into one GEMM whose columns each ResNet takes a slice of, an
 ``to_v`` is composed into one matrix (in float32, once) and stacked into one more GEMM, which a wrapper around the
 UNet runs and hands to the blocks (``ResidualInGemmBlock``) through ``cross_attention_kwargs``. The results are
 the same up to rounding.
+
+For sampling with the weights as they are, as the last step before compiling: the stacked and composed weights
+are copies (a later weight load does not reach them, and gradients do not reach the originals), the ResNets'
+``time_emb_proj`` weights move into ``time_embedding`` (the state-dict names change), and the wrapper's own
+buffers move with the wrapper, not with the UNet inside it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import TimestepEmbedding
 from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.unets.unet_2d_blocks import (CrossAttnDownBlock2D, CrossAttnUpBlock2D, DownBlock2D,
+                                                 UNetMidBlock2DCrossAttn, UpBlock2D)
 
 from .one_token_attention import plain_attention
 from .residual_in_gemm_block import ONE_TOKEN_VALUES, ResidualInGemmBlock
@@ -87,11 +94,17 @@ def composable_value(attn: Attention) -> bool:
         and (attn.to_out[1].p == 0.0 or not attn.training)
 
 
+# Stable Diffusion 1's (Zero123's) UNet blocks, in which the time embedding reaches ResnetBlock2Ds and nothing else
+SD1_BLOCKS = (CrossAttnDownBlock2D, DownBlock2D, UNetMidBlock2DCrossAttn, CrossAttnUpBlock2D, UpBlock2D)
+
+
 def time_projected_resnets(unet: torch.nn.Module) -> bool:
     """Give ``unet`` a ``TimeProjections`` and its ResNets their ``ColumnSlice``s where the UNet's time embedding
     reaches the ResNets as Stable Diffusion 1's does (Zero123's); True if it did, the UNet unchanged if not."""
     resnets = [module for module in unet.modules() if isinstance(module, ResnetBlock2D)]
+    blocks = [*getattr(unet, "down_blocks", ()), getattr(unet, "mid_block", None), *getattr(unet, "up_blocks", ())]
     if not resnets or not isinstance(getattr(unet, "time_embedding", None), TimestepEmbedding) \
+            or any(type(block) not in SD1_BLOCKS for block in blocks) \
             or any(getattr(unet, name, None) is not None for name in ("time_embed_act", "class_embedding", "add_embedding")) \
             or any(not plain_time_projection(resnet) for resnet in resnets):
         return False
@@ -115,5 +128,7 @@ def batch_per_image_vectors(unet: torch.nn.Module) -> torch.nn.Module:
     """What ``compile()`` compiles: ``unet`` with its time projections in one GEMM, wrapped to give its
     ``ResidualInGemmBlock``s their one-token values from one more (the UNet itself where no block fits)."""
     time_projected_resnets(unet)
+    if getattr(unet, "encoder_hid_proj", None) is not None:  # the blocks see a projected context, not the input's
+        return unet
     blocks = [module for module in unet.modules() if isinstance(module, ResidualInGemmBlock) and composable_value(module.attn2)]
     return OneTokenValuesUNet(unet, blocks) if blocks else unet

@@ -35,7 +35,8 @@ OP_NAMESPACE = __name__.replace(".", "_")
 
 @torch.library.custom_op(f"{OP_NAMESPACE}::add_matmul_", mutates_args=("accumulator",))
 def add_matmul_(accumulator: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
-    """``accumulator += left @ right`` in place, all three 2-D: cuBLAS's ``beta`` term with no copy first."""
+    """``accumulator += left @ right`` in place, all three 2-D: cuBLAS's ``beta`` term with no copy first.
+    For sampling: it has no gradient (``ResidualInGemmBlock.needs_gradient``)."""
     accumulator.addmm_(left, right)
 
 
@@ -63,7 +64,8 @@ class ResidualInGemmBlock(torch.nn.Module):
         cross_attention_kwargs = dict(cross_attention_kwargs or {})
         values = cross_attention_kwargs.pop(ONE_TOKEN_VALUES, None)
         if encoder_hidden_states is None or encoder_hidden_states.shape[1] != 1 or attention_mask is not None \
-                or encoder_attention_mask is not None or cross_attention_kwargs:
+                or encoder_attention_mask is not None or cross_attention_kwargs \
+                or self.needs_gradient(hidden_states, encoder_hidden_states):
             return self.plain_forward(hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask,
                                       cross_attention_kwargs)
         value = one_token_value(self.attn2, encoder_hidden_states) if values is None or self.value_columns is None \
@@ -77,6 +79,10 @@ class ResidualInGemmBlock(torch.nn.Module):
         summed = (hidden_states + last.bias).contiguous()
         add_matmul_(summed.flatten(0, 1), gated.flatten(0, 1), last.weight.t())
         return summed
+
+    def needs_gradient(self, *inputs: torch.Tensor) -> bool:
+        """True where autograd would need this call's gradient: ``add_matmul_`` has none, so it takes the plain path."""
+        return torch.is_grad_enabled() and any(tensor.requires_grad for tensor in (*inputs, *self.parameters()))
 
     def plain_forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None,
                       encoder_hidden_states: torch.Tensor | None, encoder_attention_mask: torch.Tensor | None,

@@ -180,15 +180,9 @@ class Zero123Generator:
             raise BackendError(f"compiling the view generator needs a CUDA device, not {self.device}: drop --compile / --compile-all")
         if self.denoiser is self.unet:
             torch.backends.cudnn.benchmark = True
-            self.unet.to(memory_format=torch.channels_last)
-            self.unet.fuse_qkv_projections()
-            use_one_token_cross_attention(self.unet)  # fusing reset every processor
-            keep_layout_when_upsampling(self.unet)
-            use_channel_stats_group_norm(self.unet)
-            use_residual_in_gemm_blocks(self.unet)
             # CUDA graphs as mode="reduce-overhead"; Inductor's own layout choice would store each up-block's
             # concatenation of skip and upsampled features channels-first, between channels-last convolutions
-            self.denoiser = torch.compile(batch_per_image_vectors(self.unet), dynamic=False,
+            self.denoiser = torch.compile(sampling_unet(self.unet), dynamic=False,
                                           options={"triton.cudagraphs": True, "layout_optimization": False})
         if everything and not self.compiled_everything:
             self.vae.to(memory_format=torch.channels_last)
@@ -283,6 +277,19 @@ class Zero123Generator:
         token = self.projection(embedding.expand(len(poses), -1), pose).unsqueeze(1)
         cond_latent = self.vae.encode(x.to(self.dtype)).latent_dist.mode()
         return cond_latent.expand(len(poses), -1, -1, -1), token
+
+
+def sampling_unet(unet: UNet2DConditionModel) -> torch.nn.Module:
+    """What ``Zero123Generator.compile`` compiles: ``unet`` rewritten in place for sampling (channels-last, fused
+    attention projections and each rewrite of this package), or the wrapper around it that computes its
+    per-image vectors. Same output up to rounding; for sampling only, after the weights are loaded."""
+    unet.to(memory_format=torch.channels_last)
+    unet.fuse_qkv_projections()
+    use_one_token_cross_attention(unet)  # fusing reset every processor
+    keep_layout_when_upsampling(unet)
+    use_channel_stats_group_norm(unet)
+    use_residual_in_gemm_blocks(unet)
+    return batch_per_image_vectors(unet)
 
 
 def ensure_new_folder(path: Path) -> None:
