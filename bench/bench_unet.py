@@ -94,7 +94,7 @@ def main() -> None:
                 kinds = kernel_time_by_kind(generator, arch, rows)
                 print(f"\nCUDA kernels of one {rows}-row call: {sum(kinds.values()) / 1e3:.2f} ms\n\n| kind | ms |\n| --- | ---: |")
                 for kind, microseconds in kinds.most_common():
-                    print(f"| {kind} | {microseconds / 1e3:.2f} |")
+                    print(f"| {kind}, {rows} rows | {microseconds / 1e3:.2f} |")
         print(f"\n{args.dtype} matmul peak measured again afterwards: {matmul_peak(device, DTYPES[args.dtype]):.0f} TFLOP/s", flush=True)
 
 

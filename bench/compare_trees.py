@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -51,15 +53,21 @@ def export(revisions: list[str], into: Path) -> list[Path]:
         tree = into / f"{index}-{commit}"
         if tree.exists():
             raise SystemExit(f"{tree} already exists: remove it or export into another folder")
-        with tempfile.TemporaryFile() as archive:
-            subprocess.run(["git", "-C", str(REPO), "archive", commit, CODE,
-                            *(f":(exclude){path}" for path in LINKED if path.startswith(f"{CODE}/"))],
-                           stdout=archive, check=True)
-            archive.seek(0)
-            with tarfile.open(fileobj=archive) as tar:
-                tar.extractall(tree, filter="data")
-        for path in LINKED:
-            (tree / path).symlink_to(os.path.relpath(REPO / path, (tree / path).parent))
+        partial = into / f".{tree.name}.partial"  # renamed once whole: no half-written tree blocks a new export
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            with tempfile.TemporaryFile() as archive:
+                subprocess.run(["git", "-C", str(REPO), "archive", commit, CODE,
+                                *(f":(exclude){path}" for path in LINKED if path.startswith(f"{CODE}/"))],
+                               stdout=archive, check=True)
+                archive.seek(0)
+                with tarfile.open(fileobj=archive) as tar:
+                    tar.extractall(partial, filter="data")
+            for path in LINKED:  # relative links: they hold wherever the checkout is copied to
+                (partial / path).symlink_to(os.path.relpath(REPO / path, (tree / path).parent))
+            partial.rename(tree)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
         trees.append(tree)
         print(f"{revision} ({commit}) -> {tree}")
     return trees
@@ -79,17 +87,18 @@ class TreeBench:
 
     tree: Path
     turns: Path
-    log: IO[str]
+    log: IO[bytes]
     process: subprocess.Popen
-    printed: int = 0  # characters of the log already printed
+    printed: int = 0  # bytes of the log already printed
 
     @classmethod
     def start(cls, tree: Path, bench: list[str], rounds: int, scratch: Path) -> TreeBench:
         turns = scratch / tree.name
         turns.mkdir()
-        log = open(scratch / f"{tree.name}.log", "w+")
+        log = open(scratch / f"{tree.name}.log", "w+b")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", TURNS: str(turns), ROUNDS: str(rounds)}
-        process = subprocess.Popen([sys.executable, "-m", *bench], cwd=tree, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen([sys.executable, "-m", *bench], cwd=tree, stdout=log, stderr=subprocess.STDOUT,
+                                   env=env, start_new_session=True)  # a process group of its own, to end whole
         return cls(tree, turns, log, process)
 
     def wait_for(self, marker: str) -> None:
@@ -105,14 +114,21 @@ class TreeBench:
     def print_new(self) -> None:
         """What the bench wrote since the last call, each line marked with the tree's name."""
         self.log.seek(self.printed)
-        text = self.log.read()
-        self.printed += len(text)
-        for line in text.splitlines():
+        written = self.log.read()
+        self.printed += len(written)
+        for line in written.decode(errors="replace").splitlines():
             print(f"[{self.tree.name}] {line}", flush=True)
 
     def lines(self) -> list[str]:
         self.log.seek(0)
-        return self.log.read().splitlines()
+        return self.log.read().decode(errors="replace").splitlines()
+
+    def end(self) -> None:
+        """Stop the bench and whatever it started, if still running."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.log.close()
 
 
 def table_values(lines: list[str], column: int) -> list[tuple[str, float]]:
@@ -139,9 +155,15 @@ def compare(trees: list[Path], bench: list[str], rounds: int, column: int, highe
     missing = [str(tree) for tree in trees if not (tree / CODE).is_dir() or not (tree / "bench").is_dir()]
     if missing:
         raise SystemExit(f"not a tree from `compare_trees export`: {', '.join(missing)}")
+    if len({tree.name for tree in trees}) < len(trees):
+        raise SystemExit("two trees have the same folder name: export them into one folder")
     with tempfile.TemporaryDirectory() as scratch:
-        benches = [TreeBench.start(tree, bench, rounds, Path(scratch)) for tree in trees]
+        benches: list[TreeBench] = []
         try:
+            benches.extend(TreeBench.start(tree, bench, rounds, Path(scratch)) for tree in trees)
+            for one in benches:  # every bench compiled and warm before the first times alone
+                one.wait_for("ready-0")
+            print(f"all {len(benches)} benches ready", flush=True)
             for index in range(rounds):
                 for one in benches:
                     one.wait_for(f"ready-{index}")
@@ -161,8 +183,7 @@ def compare(trees: list[Path], bench: list[str], rounds: int, column: int, highe
                     best[key][one.tree.name] = pick(value, best[key].get(one.tree.name, value))
         finally:
             for one in benches:
-                one.process.kill()
-                one.log.close()
+                one.end()
     print("\n" + summary(best, [tree.name for tree in trees], higher_is_better), flush=True)
 
 
@@ -177,13 +198,16 @@ def main() -> None:
     running.add_argument("--rounds", type=int, default=2)
     running.add_argument("--column", type=int, default=1, help="which value of each table row to compare (1: the first)")
     running.add_argument("--higher-is-better", action="store_true", help="for rates such as TFLOP/s, not times")
-    args, bench = parser.parse_known_args()
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)  # what follows is the bench's, not ours
+    args, bench = parser.parse_args(argv[:split]), argv[split + 1:]
     if args.command == "export":
         export(args.revisions, args.into.resolve())
         return
-    if bench[:1] != ["--"] or len(bench) < 2:
+    if not bench:
         parser.error("run needs the bench after --, e.g. -- bench.bench_unet --dtype bf16 --compile")
-    compare([tree.resolve() for tree in args.trees], bench[1:], args.rounds, args.column, args.higher_is_better)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))  # so that the benches are ended too
+    compare([tree.resolve() for tree in args.trees], bench, args.rounds, args.column, args.higher_is_better)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,12 @@ def timing_rounds() -> Iterator[int]:
     if not folder:
         yield 0
         return
-    rounds = int(os.environ.get(ROUNDS, "1"))
+    rounds, runner = int(os.environ.get(ROUNDS, "1")), os.getppid()
     for index in range(rounds):
         Path(folder, f"ready-{index}").touch()
         while not Path(folder, f"go-{index}").exists():
+            if os.getppid() != runner:  # the runner is gone: nobody will give this bench its turn
+                raise SystemExit("compare_trees run ended before this bench's turn")
             time.sleep(0.1)
         yield index
     Path(folder, f"ready-{rounds}").touch()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -45,7 +47,7 @@ def test_timing_rounds_wait_for_each_turn(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv(TURNS, str(tmp_path))
     monkeypatch.setenv(ROUNDS, "2")
     rounds, taken = timing_rounds(), []
-    waiting = threading.Thread(target=lambda: taken.append(next(rounds)))
+    waiting = threading.Thread(target=lambda: taken.append(next(rounds)), daemon=True)
     waiting.start()
     waiting.join(0.5)
     assert waiting.is_alive() and (tmp_path / "ready-0").exists() and not taken  # ready, waiting for its turn
@@ -55,3 +57,19 @@ def test_timing_rounds_wait_for_each_turn(tmp_path: Path, monkeypatch: pytest.Mo
     (tmp_path / "go-1").touch()
     assert next(rounds) == 1 and (tmp_path / "ready-1").exists()
     assert next(rounds, None) is None and (tmp_path / "ready-2").exists()  # the last round's end
+
+
+def test_run_times_the_real_bench_in_an_exported_tree_by_turns(tmp_path: Path):
+    """``run`` end to end on the CPU: the tiny UNet bench in one exported tree, its rows in the summary."""
+    if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    (tree,) = export(["HEAD"], tmp_path / "trees")
+    command = [sys.executable, "-m", "bench.compare_trees", "run", str(tree), "--rounds", "1", "--",
+               "bench.bench_unet", "--device", "cpu", "--dtype", "fp32", "--tiny"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"round 1: {tree.name} times" in result.stdout
+    summary_rows = result.stdout.split("| row |")[1]
+    assert re.search(r"\| 16 \| \d+(\.\d+)? \|", summary_rows) and re.search(r"\| 64 \| \d+(\.\d+)? \|", summary_rows)
+    no_bench = subprocess.run(command[:5], cwd=REPO, capture_output=True, text=True)
+    assert no_bench.returncode == 2 and "run needs the bench after --" in no_bench.stderr
