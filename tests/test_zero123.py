@@ -273,6 +273,24 @@ def test_compiled_residual_in_gemm_block_accumulates_in_place_correctly():
     assert "clone" not in code and ".copy_(" not in code
 
 
+def test_residual_in_gemm_block_gives_diffusers_gradients_where_autograd_needs_them():
+    """The in-place GEMMs have no gradient, so a call that autograd records takes the plain path: same gradients."""
+    torch.manual_seed(6)
+    unet = UNet2DConditionModel(**TINY.unet_config())
+    block = next(m for m in unet.modules() if m.__class__.__name__ == "BasicTransformerBlock")
+    hidden_states = torch.randn(2, 16, block.norm1.normalized_shape[0], requires_grad=True)
+    context = torch.randn(2, 1, TINY.context_dim)
+    gradients = []
+    for module in (block, ResidualInGemmBlock(block)):
+        block.zero_grad()
+        hidden_states.grad = None
+        module(hidden_states, encoder_hidden_states=context).square().sum().backward()
+        gradients.append([tensor.clone() for tensor in (hidden_states.grad, block.attn1.to_out[0].weight.grad,
+                                                        block.ff.net[2].weight.grad)])
+    for swapped, reference in zip(*reversed(gradients)):
+        torch.testing.assert_close(swapped, reference)
+
+
 def test_per_image_vectors_from_two_gemms_match_diffusers():
     """The time projections and one-token values from one GEMM each give diffusers' UNet output, for a one-token
     context and (own values, plain path) a two-token one; the values the UNet uses are the wrapper's."""
