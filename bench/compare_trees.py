@@ -165,17 +165,16 @@ def compare(trees: list[Path], bench: list[str], rounds: int, column: int, highe
                 one.wait_for("ready-0")
             print(f"all {len(benches)} benches ready", flush=True)
             for index in range(rounds):
-                for one in benches:
-                    one.wait_for(f"ready-{index}")
+                for one in benches:  # ready for this round: it left ready-<index> as the end of the last
                     print(f"round {index + 1}: {one.tree.name} times, {len(benches) - 1} other(s) wait", flush=True)
                     (one.turns / f"go-{index}").touch()
                     one.wait_for(f"ready-{index + 1}")
                     one.print_new()
             for one in benches:
-                if one.process.wait() != 0:
-                    one.print_new()
-                    raise SystemExit(f"the bench in {one.tree} failed after its last round: its output is above")
+                failed = one.process.wait() != 0
                 one.print_new()
+                if failed:
+                    raise SystemExit(f"the bench in {one.tree} failed after its last round: its output is above")
             best: dict[str, dict[str, float]] = defaultdict(dict)
             pick = max if higher_is_better else min
             for one in benches:

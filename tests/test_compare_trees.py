@@ -14,12 +14,14 @@ from bench.compare_trees import REPO, export, summary, table_values
 from bench.turns import ROUNDS, TURNS, timing_rounds
 
 
+HEAD = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+in_a_git_checkout = pytest.mark.skipif(HEAD.returncode != 0, reason="not a git checkout")
+
+
+@in_a_git_checkout
 def test_export_writes_the_code_of_a_revision_and_links_the_data(tmp_path: Path):
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    if head.returncode != 0:
-        pytest.skip("not a git checkout")
     (tree,) = export(["HEAD"], tmp_path / "trees")
-    assert tree.name == f"0-{head.stdout.strip()}"
+    assert tree.name == f"0-{HEAD.stdout.strip()}"
     committed = subprocess.run(["git", "-C", str(REPO), "show", "HEAD:backend/generation/zero123.py"],
                                capture_output=True, text=True, check=True).stdout
     assert (tree / "backend" / "generation" / "zero123.py").read_text() == committed
@@ -59,10 +61,9 @@ def test_timing_rounds_wait_for_each_turn(tmp_path: Path, monkeypatch: pytest.Mo
     assert next(rounds, None) is None and (tmp_path / "ready-2").exists()  # the last round's end
 
 
+@in_a_git_checkout
 def test_run_times_the_real_bench_in_an_exported_tree_by_turns(tmp_path: Path):
     """``run`` end to end on the CPU: the tiny UNet bench in one exported tree, its rows in the summary."""
-    if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
-        pytest.skip("not a git checkout")
     (tree,) = export(["HEAD"], tmp_path / "trees")
     command = [sys.executable, "-m", "bench.compare_trees", "run", str(tree), "--rounds", "1", "--",
                "bench.bench_unet", "--device", "cpu", "--dtype", "fp32", "--tiny"]

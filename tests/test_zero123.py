@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 from safetensors.torch import load_file
@@ -255,12 +256,16 @@ def test_residual_in_gemm_blocks_match_diffusers_blocks(fused: bool):
     assert not torch.allclose(reference[0], reference[1], atol=1e-3)
 
 
+def first_transformer_block(unet: UNet2DConditionModel) -> BasicTransformerBlock:
+    return next(module for module in unet.modules() if isinstance(module, BasicTransformerBlock))
+
+
 def test_compiled_residual_in_gemm_block_accumulates_in_place_correctly():
     """Compiled, the block gives diffusers' block output and leaves its input as it was; both output GEMMs
     accumulate into the buffer Inductor's sum kernel wrote, with no copy of it first."""
     torch.manual_seed(5)
     unet = UNet2DConditionModel(**TINY.unet_config()).eval()
-    block = next(m for m in unet.modules() if m.__class__.__name__ == "BasicTransformerBlock")
+    block = first_transformer_block(unet)
     hidden_states = torch.randn(2, 16, block.norm1.normalized_shape[0])
     context, before = torch.randn(2, 1, TINY.context_dim), hidden_states.clone()
     with torch.no_grad():
@@ -277,7 +282,7 @@ def test_residual_in_gemm_block_gives_diffusers_gradients_where_autograd_needs_t
     """The in-place GEMMs have no gradient, so a call that autograd records takes the plain path: same gradients."""
     torch.manual_seed(6)
     unet = UNet2DConditionModel(**TINY.unet_config())
-    block = next(m for m in unet.modules() if m.__class__.__name__ == "BasicTransformerBlock")
+    block = first_transformer_block(unet)
     hidden_states = torch.randn(2, 16, block.norm1.normalized_shape[0], requires_grad=True)
     context = torch.randn(2, 1, TINY.context_dim)
     gradients = []

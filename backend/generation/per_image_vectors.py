@@ -17,6 +17,7 @@ buffers move with the wrapper, not with the UNet inside it.
 
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import Any
 
 import torch
@@ -61,13 +62,9 @@ class OneTokenValuesUNet(torch.nn.Module):
     def __init__(self, unet: torch.nn.Module, blocks: list[ResidualInGemmBlock]) -> None:
         super().__init__()
         self.unet = unet
-        weights, biases, start = [], [], 0
-        for block in blocks:
-            weight, bias = composed_value_projection(block.attn2)
-            block.value_columns = (start, start + len(weight))
-            start += len(weight)
-            weights.append(weight)
-            biases.append(bias)
+        weights, biases = zip(*(composed_value_projection(block.attn2) for block in blocks))
+        for block, columns in zip(blocks, column_ranges([len(weight) for weight in weights])):
+            block.value_columns = columns
         self.register_buffer("weight", torch.cat(weights))
         self.register_buffer("bias", torch.cat(biases))
 
@@ -77,6 +74,12 @@ class OneTokenValuesUNet(torch.nn.Module):
             values = F.linear(encoder_hidden_states[:, 0], self.weight, self.bias)
             kwargs["cross_attention_kwargs"] = {ONE_TOKEN_VALUES: values}
         return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
+
+
+def column_ranges(widths: list[int]) -> list[tuple[int, int]]:
+    """The (start, stop) columns of each part of a stacked projection, the parts this wide, in order."""
+    stops = list(accumulate(widths))
+    return list(zip([0, *stops[:-1]], stops))
 
 
 def composed_value_projection(attn: Attention) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,23 +101,20 @@ def composable_value(attn: Attention) -> bool:
 SD1_BLOCKS = (CrossAttnDownBlock2D, DownBlock2D, UNetMidBlock2DCrossAttn, CrossAttnUpBlock2D, UpBlock2D)
 
 
-def time_projected_resnets(unet: torch.nn.Module) -> bool:
+def time_projected_resnets(unet: torch.nn.Module) -> None:
     """Give ``unet`` a ``TimeProjections`` and its ResNets their ``ColumnSlice``s where the UNet's time embedding
-    reaches the ResNets as Stable Diffusion 1's does (Zero123's); True if it did, the UNet unchanged if not."""
+    reaches the ResNets as Stable Diffusion 1's does (Zero123's); leave any other UNet as it is."""
     resnets = [module for module in unet.modules() if isinstance(module, ResnetBlock2D)]
     blocks = [*getattr(unet, "down_blocks", ()), getattr(unet, "mid_block", None), *getattr(unet, "up_blocks", ())]
     if not resnets or not isinstance(getattr(unet, "time_embedding", None), TimestepEmbedding) \
             or any(type(block) not in SD1_BLOCKS for block in blocks) \
             or any(getattr(unet, name, None) is not None for name in ("time_embed_act", "class_embedding", "add_embedding")) \
             or any(not plain_time_projection(resnet) for resnet in resnets):
-        return False
+        return
     unet.time_embedding = TimeProjections(unet.time_embedding, resnets[0].nonlinearity,
                                           [resnet.time_emb_proj for resnet in resnets])
-    start = 0
-    for resnet in resnets:
-        stop = start + resnet.time_emb_proj.out_features
-        resnet.time_emb_proj, resnet.skip_time_act, start = ColumnSlice(start, stop), True, stop
-    return True
+    for resnet, columns in zip(resnets, column_ranges([resnet.time_emb_proj.out_features for resnet in resnets])):
+        resnet.time_emb_proj, resnet.skip_time_act = ColumnSlice(*columns), True
 
 
 def plain_time_projection(resnet: ResnetBlock2D) -> bool:
